@@ -1,0 +1,141 @@
+//! A running backstop: listeners bound, servers spawned, a handle to stop them.
+//!
+//! Tests start an [`App`] in-process with `127.0.0.1:0` listeners and read the bound addresses
+//! back; `main` does the same with the configured addresses.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::dataplane::client::ClientError;
+use crate::dataplane::server;
+use crate::metrics::Metrics;
+use crate::runtime::{Snapshot, SnapshotHandle};
+
+/// Why backstop could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {address} ({what}): {source}")]
+    Bind {
+        /// "proxy" or "admin".
+        what: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An upstream client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// A running proxy and admin listener.
+#[derive(Debug)]
+pub struct App {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    snapshots: SnapshotHandle,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+    admin_shutdown: watch::Sender<bool>,
+    proxy_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+impl App {
+    /// Binds the listeners of `config` and starts serving.
+    pub async fn start(config: Config, metrics: Metrics) -> Result<App, StartError> {
+        let snapshots = SnapshotHandle::new(Snapshot::build(config, 1)?);
+        let config = &snapshots.load().config;
+        let proxy = bind("proxy", config.listen).await?;
+        let admin = bind("admin", config.admin_listen).await?;
+        let proxy_addr = local_addr("proxy", &proxy)?;
+        let admin_addr = local_addr("admin", &admin)?;
+        let (shutdown, stop) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
+        let proxy_task = tokio::spawn(server::serve(
+            proxy,
+            snapshots.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
+        let admin_state = AdminState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        // The admin listener has its own stop signal: it keeps answering (readyz: 503) while
+        // the proxy drains, and closes after.
+        let (admin_shutdown, admin_stop) = watch::channel(false);
+        let admin_task = tokio::spawn(admin::serve(admin, admin_state, admin_stop));
+        ready.store(true, Ordering::Release);
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "backstop is serving");
+        Ok(App {
+            proxy_addr,
+            admin_addr,
+            snapshots,
+            metrics,
+            ready,
+            shutdown,
+            admin_shutdown,
+            proxy_task,
+            admin_task,
+        })
+    }
+
+    /// Where the proxy listens.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// Where the admin endpoints listen.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The live snapshot handle.
+    pub fn snapshots(&self) -> &SnapshotHandle {
+        &self.snapshots
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops accepting, marks the process not ready, and lets in-flight requests finish up to
+    /// the drain timeout. Returns when the proxy has drained and the admin listener is closed.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        let _ = self.proxy_task.await;
+        let _ = self.admin_shutdown.send(true);
+        let _ = self.admin_task.await;
+        tracing::info!("backstop stopped");
+    }
+}
+
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind {
+            what,
+            address,
+            source,
+        })
+}
+
+fn local_addr(what: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        what,
+        address: "0.0.0.0:0".parse().expect("valid"),
+        source,
+    })
+}

@@ -1,0 +1,414 @@
+//! Raw YAML structs -> a valid [`Config`], collecting every problem on the way.
+//!
+//! Defaults are applied here and nowhere else, so the commented example config and this file
+//! are the only two places that say what a missing key means.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+
+use super::error::ConfigIssue;
+use super::model::{Config, Endpoint, HostMatch, Route, Tls, Upstream};
+use super::raw::{RawConfig, RawEndpoint, RawMatch, RawRoute, RawTls, RawUpstream};
+use super::validate::{self, closest, duration_or, Issues};
+
+/// Default proxy listener: loopback, as a sidecar.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listener: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const DEFAULT_MAX_IDLE: u32 = 256;
+const MAX_WEIGHT: u32 = 1000;
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
+
+/// Checks `raw` and builds the config; `sha256` names the source bytes.
+pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<ConfigIssue>> {
+    let mut issues = Issues::default();
+    let listen = listener(&mut issues, "listen", raw.listen.as_ref(), DEFAULT_LISTEN);
+    let admin_raw = raw.admin.as_ref().and_then(|a| a.listen.as_ref());
+    let admin_listen = listener(&mut issues, "admin.listen", admin_raw, DEFAULT_ADMIN_LISTEN);
+    if listen == admin_listen && listen.port() != 0 {
+        if let Some(value) = admin_raw {
+            issues.at(
+                "admin.listen",
+                value,
+                format!("{admin_listen} is also the proxy's listen address"),
+            );
+        }
+    }
+    let max_drain = Duration::from_secs(3600);
+    let drain_timeout = duration_or(
+        &mut issues,
+        "drain_timeout",
+        raw.drain_timeout.as_ref(),
+        DEFAULT_DRAIN,
+        max_drain,
+    );
+
+    let upstreams: Vec<Upstream> = raw
+        .upstreams
+        .iter()
+        .map(|(name, up)| upstream(&mut issues, name, up))
+        .collect();
+    let routes = routes(&mut issues, &raw.routes, &raw.upstreams);
+
+    if issues.0.is_empty() {
+        Ok(Config {
+            listen,
+            admin_listen,
+            drain_timeout,
+            upstreams,
+            routes,
+            sha256,
+        })
+    } else {
+        Err(issues.0)
+    }
+}
+
+fn listener(
+    issues: &mut Issues,
+    path: &str,
+    value: Option<&validate::Text>,
+    default: &str,
+) -> SocketAddr {
+    let fallback = default.parse().expect("default listen addresses are valid");
+    value
+        .and_then(|v| validate::socket_addr(issues, path, v))
+        .unwrap_or(fallback)
+}
+
+fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
+    let path = format!("upstreams.{name}");
+    validate::name(
+        issues,
+        &path,
+        &serde_saphyr::Spanned {
+            value: name.to_owned(),
+            referenced: raw.endpoints.referenced,
+            defined: raw.endpoints.defined,
+        },
+    );
+    if raw.endpoints.value.is_empty() {
+        issues.at(
+            &format!("{path}.endpoints"),
+            &raw.endpoints,
+            "no endpoints: an upstream needs at least one address".into(),
+        );
+    }
+    let mut seen = HashSet::new();
+    let endpoints = raw
+        .endpoints
+        .value
+        .iter()
+        .enumerate()
+        .filter_map(|(i, ep)| endpoint(issues, &format!("{path}.endpoints[{i}]"), ep, &mut seen))
+        .collect();
+    let max = Duration::from_secs(300);
+    let connect_timeout = duration_or(
+        issues,
+        &format!("{path}.connect_timeout"),
+        raw.connect_timeout.as_ref(),
+        DEFAULT_CONNECT_TIMEOUT,
+        max,
+    );
+    let idle_timeout = duration_or(
+        issues,
+        &format!("{path}.idle_timeout"),
+        raw.idle_timeout.as_ref(),
+        DEFAULT_IDLE_TIMEOUT,
+        Duration::from_secs(3600),
+    );
+    let host_header = raw.host_header.as_ref().and_then(|h| {
+        let parsed = HeaderValue::from_str(h.value.trim())
+            .ok()
+            .filter(|_| !h.value.trim().is_empty());
+        if parsed.is_none() {
+            issues.at(
+                &format!("{path}.host_header"),
+                h,
+                format!("invalid host header {:?}", h.value),
+            );
+        }
+        parsed
+    });
+    Upstream {
+        name: name.to_owned(),
+        endpoints,
+        connect_timeout,
+        tls: raw
+            .tls
+            .as_ref()
+            .and_then(|t| tls(issues, &format!("{path}.tls"), t)),
+        host_header,
+        idle_timeout,
+        max_idle_connections: raw
+            .max_idle_connections
+            .as_ref()
+            .map_or(DEFAULT_MAX_IDLE, |m| m.value) as usize,
+    }
+}
+
+fn endpoint(
+    issues: &mut Issues,
+    path: &str,
+    raw: &RawEndpoint,
+    seen: &mut HashSet<String>,
+) -> Option<Endpoint> {
+    let weight = raw.weight.as_ref().map_or(1, |w| w.value);
+    if let Some(w) = &raw.weight {
+        if w.value == 0 || w.value > MAX_WEIGHT {
+            issues.at(
+                &format!("{path}.weight"),
+                w,
+                format!("weight {} is out of range 1-{MAX_WEIGHT}", w.value),
+            );
+        }
+    }
+    let address_path = format!("{path}.address");
+    match validate::host_port(&raw.address.value) {
+        Ok(_) => {
+            let address = raw.address.value.trim().to_owned();
+            if !seen.insert(address.clone()) {
+                issues.at(
+                    &address_path,
+                    &raw.address,
+                    format!("duplicate endpoint {address}"),
+                );
+            }
+            Some(Endpoint {
+                address,
+                priority: raw.priority.as_ref().map_or(0, |p| p.value),
+                weight,
+            })
+        }
+        Err(message) => {
+            issues.at(&address_path, &raw.address, message);
+            None
+        }
+    }
+}
+
+fn tls(issues: &mut Issues, path: &str, raw: &serde_saphyr::Spanned<RawTls>) -> Option<Tls> {
+    match &raw.value {
+        RawTls::Enabled(false) => None,
+        RawTls::Enabled(true) => Some(Tls {
+            sni: None,
+            ca_file: None,
+            verify: true,
+        }),
+        RawTls::Options(opts) => {
+            if let Some(sni) = &opts.sni {
+                if validate::host_port(&format!("{sni}:1")).is_err() || sni.starts_with('[') {
+                    issues.at(
+                        &format!("{path}.sni"),
+                        raw,
+                        format!("invalid server name {sni:?}"),
+                    );
+                }
+            }
+            if let Some(ca) = &opts.ca_file {
+                if !Path::new(ca).is_file() {
+                    issues.at(
+                        &format!("{path}.ca_file"),
+                        raw,
+                        format!("file {ca:?} does not exist"),
+                    );
+                }
+            }
+            Some(Tls {
+                sni: opts.sni.clone(),
+                ca_file: opts.ca_file.as_ref().map(Into::into),
+                verify: opts.verify.unwrap_or(true),
+            })
+        }
+    }
+}
+
+fn routes(
+    issues: &mut Issues,
+    raw: &[RawRoute],
+    upstreams: &BTreeMap<String, RawUpstream>,
+) -> Vec<Route> {
+    if raw.is_empty() {
+        issues.add(
+            "routes",
+            None,
+            "no routes: every request would get 404 no_route".into(),
+        );
+    }
+    let mut names = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let path = format!("routes[{i}]");
+            validate::name(issues, &format!("{path}.name"), &r.name);
+            if !names.insert(r.name.value.as_str()) {
+                issues.at(
+                    &format!("{path}.name"),
+                    &r.name,
+                    format!("duplicate route name {:?}", r.name.value),
+                );
+            }
+            route(issues, &path, r, upstreams)
+        })
+        .collect()
+}
+
+fn route(
+    issues: &mut Issues,
+    path: &str,
+    raw: &RawRoute,
+    upstreams: &BTreeMap<String, RawUpstream>,
+) -> Option<Route> {
+    let upstream = upstreams.keys().position(|n| *n == raw.upstream.value);
+    if upstream.is_none() {
+        let message = format!("unknown upstream {:?}", raw.upstream.value);
+        let upstream_path = format!("{path}.upstream");
+        match closest(&raw.upstream.value, upstreams.keys().map(String::as_str)) {
+            Some(near) => issues.with_hint(
+                &upstream_path,
+                &raw.upstream,
+                message,
+                format!("did you mean {near:?}?"),
+            ),
+            None => issues.at(&upstream_path, &raw.upstream, message),
+        }
+    }
+    let timeout = duration_or(
+        issues,
+        &format!("{path}.timeout"),
+        raw.timeout.as_ref(),
+        DEFAULT_ROUTE_TIMEOUT,
+        Duration::from_secs(3600),
+    );
+    let empty = RawMatch::default();
+    let m = raw.matcher.as_ref().unwrap_or(&empty);
+    let mpath = format!("{path}.match");
+    let host = m
+        .host
+        .as_ref()
+        .and_then(|h| host_match(issues, &format!("{mpath}.host"), h));
+    let path_prefix = match &m.path_prefix {
+        Some(p) if !p.value.starts_with('/') => {
+            issues.at(
+                &format!("{mpath}.path_prefix"),
+                p,
+                format!("path prefix {:?} must start with '/'", p.value),
+            );
+            "/".to_owned()
+        }
+        Some(p) => p.value.clone(),
+        None => "/".to_owned(),
+    };
+    let methods = m.methods.as_ref().map(|list| {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, method)| {
+                let mp = format!("{mpath}.methods[{i}]");
+                let upper = method.value.to_ascii_uppercase();
+                if KNOWN_METHODS.contains(&upper.as_str()) {
+                    Method::from_bytes(upper.as_bytes()).ok()
+                } else {
+                    let message = format!("unknown method {:?}", method.value);
+                    match closest(&upper, KNOWN_METHODS) {
+                        Some(near) => issues.with_hint(
+                            &mp,
+                            method,
+                            message,
+                            format!("did you mean {near:?}?"),
+                        ),
+                        None => issues.at(&mp, method, message),
+                    }
+                    None
+                }
+            })
+            .collect()
+    });
+    let headers = m
+        .headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let hp = format!("{mpath}.headers.{name}");
+            let parsed_name = HeaderName::from_bytes(name.as_bytes());
+            let parsed_value = HeaderValue::from_str(&value.value);
+            match (parsed_name, parsed_value) {
+                (Ok(n), Ok(v)) => Some((n, v)),
+                (Err(_), _) => {
+                    issues.at(&hp, value, format!("invalid header name {name:?}"));
+                    None
+                }
+                (_, Err(_)) => {
+                    issues.at(
+                        &hp,
+                        value,
+                        format!("invalid header value {:?}", value.value),
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    Some(Route {
+        name: raw.name.value.clone(),
+        host,
+        path_prefix,
+        methods,
+        headers,
+        upstream: upstream?,
+        timeout,
+    })
+}
+
+fn host_match(issues: &mut Issues, path: &str, raw: &validate::Text) -> Option<HostMatch> {
+    let host = raw.value.trim().to_ascii_lowercase();
+    let (matcher, bare) = match host.strip_prefix("*.") {
+        Some(rest) => (HostMatch::Suffix(format!(".{rest}")), rest.to_owned()),
+        None => (HostMatch::Exact(host.clone()), host.clone()),
+    };
+    if bare.contains(':') || validate::host_port(&format!("{bare}:1")).is_err() {
+        issues.at(
+            path,
+            raw,
+            format!(
+                "invalid host {:?}: give a name without port, or *.suffix",
+                raw.value
+            ),
+        );
+        return None;
+    }
+    Some(matcher)
+}
+
+#[cfg(test)]
+mod tests {
+    fn issues_of(yaml: &str) -> Vec<String> {
+        match crate::config::load_str(yaml) {
+            Ok(_) => vec![],
+            Err(e) => e.issues(),
+        }
+    }
+
+    #[test]
+    fn collects_every_problem_with_positions() {
+        let yaml = "listen: nope\nupstreams:\n  payments:\n    endpoints:\n      - address: 127.0.0.1\nroutes:\n  - name: a\n    upstream: paymnts\n    timeout: soon\n";
+        let issues = issues_of(yaml);
+        assert_eq!(
+            issues,
+            vec![
+                "listen: invalid listen address \"nope\": expected ip:port, e.g. 127.0.0.1:8080 (line 1, column 9)",
+                "upstreams.payments.endpoints[0].address: invalid address \"127.0.0.1\": expected host:port, e.g. 10.0.0.5:8443 (line 5, column 18)",
+                "routes[0].upstream: unknown upstream \"paymnts\" (line 8, column 15); did you mean \"payments\"?",
+                "routes[0].timeout: invalid duration \"soon\": use a number and a unit, e.g. 250ms, 3s, 2m, 1h (line 9, column 14)",
+            ]
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! Config: YAML -> raw structs -> checked and compiled [`Config`].
+//!
+//! The one entry point is [`load`] (or [`load_str`]); startup, `backstop validate` and reload
+//! all go through it, so a file that validates is exactly a file that runs.
+
+mod compile;
+mod error;
+mod key_paths;
+mod model;
+mod raw;
+mod validate;
+
+use sha2::{Digest, Sha256};
+
+pub use compile::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
+pub use error::{ConfigError, ConfigIssue, Position};
+pub use model::{Config, Endpoint, HostMatch, Route, Tls, Upstream};
+
+/// Reads, parses, checks and compiles the config file at `path`.
+pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    load_str(&text)
+}
+
+/// Parses, checks and compiles config text.
+pub fn load_str(text: &str) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig =
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax(syntax_issue(text, &e)))?;
+    let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
+    compile::compile(&raw, sha256).map_err(ConfigError::Invalid)
+}
+
+/// Turns a serde-saphyr error into an issue with the key path at the error's position.
+fn syntax_issue(text: &str, err: &serde_saphyr::Error) -> ConfigIssue {
+    let position = err.location().and_then(|l| Position::from_location(&l));
+    let full = err.without_snippet().to_string();
+    let message = strip_location_prefix(&full);
+    let path = position
+        .and_then(|p| key_paths::path_at(text, p))
+        .unwrap_or_default();
+    let hint = unknown_field_hint(message);
+    ConfigIssue {
+        path,
+        message: message.to_owned(),
+        position,
+        hint,
+    }
+}
+
+/// serde-saphyr says `error: line 6 column 9: unknown field ...`; we print the position ourselves.
+fn strip_location_prefix(full: &str) -> &str {
+    let rest = full.strip_prefix("error: ").unwrap_or(full);
+    match rest.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((_, message)) => message,
+        None => rest,
+    }
+}
+
+/// For `unknown field `wieght`, expected one of address, weight`, suggests `weight`.
+fn unknown_field_hint(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected ")?.1;
+    let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+    let candidates = expected.split(", ").map(|c| c.trim_matches('`'));
+    validate::closest(field, candidates).map(|near| format!("did you mean {near:?}?"))
+}

@@ -1,0 +1,96 @@
+//! The compiled config: validated, typed, defaults applied, references resolved.
+//!
+//! Nothing here can be invalid: a [`Config`] exists only when every check passed. The dataplane
+//! reads these types and never re-parses a string on the request path.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+
+/// A whole, valid config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Proxy listener.
+    pub listen: SocketAddr,
+    /// Admin listener (metrics, health).
+    pub admin_listen: SocketAddr,
+    /// Time in-flight requests get to finish after SIGTERM.
+    pub drain_timeout: Duration,
+    /// Upstreams, sorted by name.
+    pub upstreams: Vec<Upstream>,
+    /// Routes in match order.
+    pub routes: Vec<Route>,
+    /// Hex SHA-256 of the file's bytes, to tell which config a process runs.
+    pub sha256: String,
+}
+
+/// A named pool of endpoints.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Name from the config.
+    pub name: String,
+    /// Endpoints in config order.
+    pub endpoints: Vec<Endpoint>,
+    /// TCP + TLS connect deadline.
+    pub connect_timeout: Duration,
+    /// TLS settings; `None` for plain HTTP.
+    pub tls: Option<Tls>,
+    /// Host header to send instead of the client's.
+    pub host_header: Option<HeaderValue>,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// Most idle pooled connections kept per endpoint.
+    pub max_idle_connections: usize,
+}
+
+/// One address of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port` as written; used as the metrics label.
+    pub address: String,
+    /// Lower is preferred.
+    pub priority: u32,
+    /// Share of traffic within its priority group.
+    pub weight: u32,
+}
+
+/// Upstream TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Name for SNI and certificate checks; defaults to the endpoint's host.
+    pub sni: Option<String>,
+    /// CA bundle to trust instead of the web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// Whether to verify the certificate at all.
+    pub verify: bool,
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name from the config.
+    pub name: String,
+    /// Host to match, if any.
+    pub host: Option<HostMatch>,
+    /// Segment-aware path prefix.
+    pub path_prefix: String,
+    /// Methods to match; `None` matches all.
+    pub methods: Option<Vec<Method>>,
+    /// Headers that must be present with exactly these values.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Deadline for the response headers.
+    pub timeout: Duration,
+}
+
+/// How a route matches the request's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// The host, lower-case, without port.
+    Exact(String),
+    /// `*.example.com`: any host ending in `.example.com`, stored as `.example.com`.
+    Suffix(String),
+}

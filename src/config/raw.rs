@@ -1,0 +1,123 @@
+//! The YAML schema, exactly as users write it.
+//!
+//! These structs mirror the file one to one: every struct denies unknown keys so that a typo
+//! (`wieght:`) is an error instead of a silently ignored setting. Values that need parsing
+//! (durations, percentages, addresses) stay strings wrapped in [`Spanned`] so that
+//! [`super::compile`] can report every bad value at once, with its line and column, instead of
+//! stopping at the first one as serde would.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A string value with the place in the file it came from.
+pub type Text = Spanned<String>;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address the proxy listens on, `host:port`.
+    pub listen: Option<Text>,
+    /// The admin listener (metrics, health).
+    pub admin: Option<RawAdmin>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub drain_timeout: Option<Text>,
+    /// Named upstreams (backend pools).
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Routes, tried in order; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `admin:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address of the admin listener.
+    pub listen: Option<Text>,
+}
+
+/// One entry under `upstreams:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Where the upstream's instances are.
+    pub endpoints: Spanned<Vec<RawEndpoint>>,
+    /// Time allowed to establish a TCP (and TLS) connection.
+    pub connect_timeout: Option<Text>,
+    /// `false`, `true`, or TLS options.
+    pub tls: Option<Spanned<RawTls>>,
+    /// Replace the `Host` header sent upstream.
+    pub host_header: Option<Text>,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Option<Text>,
+    /// Most idle pooled connections kept per endpoint.
+    pub max_idle_connections: Option<Spanned<u32>>,
+}
+
+/// One endpoint of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    /// `host:port`.
+    pub address: Text,
+    /// Lower is preferred.
+    pub priority: Option<Spanned<u32>>,
+    /// Relative share of traffic within a priority group.
+    pub weight: Option<Spanned<u32>>,
+}
+
+/// `tls:` is either a switch or a table of options.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTls {
+    /// `tls: true` (verify against the bundled web PKI roots) or `tls: false`.
+    Enabled(bool),
+    /// `tls: { sni: ..., ca_file: ..., verify: true }`.
+    Options(RawTlsOptions),
+}
+
+/// The table form of `tls:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsOptions {
+    /// Server name sent in SNI and checked in the certificate.
+    pub sni: Option<String>,
+    /// PEM file with the CA certificates to trust instead of the web PKI roots.
+    pub ca_file: Option<String>,
+    /// Verify the upstream's certificate (default true).
+    pub verify: Option<bool>,
+}
+
+/// One entry under `routes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name; used in metrics and logs.
+    pub name: Text,
+    /// What requests this route takes.
+    #[serde(rename = "match", default)]
+    pub matcher: Option<RawMatch>,
+    /// Name of the upstream.
+    pub upstream: Text,
+    /// Total time allowed for the response headers.
+    pub timeout: Option<Text>,
+}
+
+/// `match:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Exact host (port ignored), or `*.example.com`.
+    pub host: Option<Text>,
+    /// Path prefix, segment-aware.
+    pub path_prefix: Option<Text>,
+    /// Allowed methods.
+    pub methods: Option<Vec<Text>>,
+    /// Headers that must be present with exactly this value.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Text>,
+}

@@ -1,0 +1,63 @@
+//! The response body type: either streamed from the upstream or produced by backstop.
+//!
+//! An enum instead of a boxed body keeps the pass-through path free of an allocation per
+//! response.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+pin_project_lite::pin_project! {
+    /// A response body. `Upstream` streams the upstream's body; `Local` holds a whole body.
+    #[allow(missing_docs)]
+    #[project = ProxyBodyProj]
+    #[derive(Debug)]
+    pub enum ProxyBody {
+        /// Streamed from the upstream, frame by frame.
+        Upstream { #[pin] body: Incoming },
+        /// Produced by backstop (errors, admin).
+        Local { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    /// A body backstop produced itself.
+    pub fn local(bytes: impl Into<Bytes>) -> Self {
+        ProxyBody::Local {
+            body: Full::new(bytes.into()),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { body } => body.poll_frame(cx),
+            ProxyBodyProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body } => body.is_end_stream(),
+            ProxyBody::Local { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body } => body.size_hint(),
+            ProxyBody::Local { body } => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The data plane: the only code that knows hyper.
+//!
+//! [`server`] accepts connections and serves each with the service [`stack`]; the stack's
+//! innermost service is [`proxy`]. Errors the proxy produces itself are mapped to responses in
+//! [`rescue`] and nowhere else.
+
+pub mod balancer;
+pub mod body;
+pub mod client;
+pub mod forward;
+pub mod observe;
+pub mod outcome;
+pub mod proxy;
+pub mod rescue;
+pub mod router;
+pub mod server;
+pub mod stack;
+pub mod upstream;

@@ -1,0 +1,73 @@
+//! Every response backstop produces itself, mapped from its reason in one place.
+//!
+//! Callers and dashboards key on the `reason` string (`x-backstop-reason` header and the JSON
+//! `error` field), so each reason is a public name. Internals go to the log, not to the client.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ProxyBody;
+
+/// Header naming why backstop answered instead of the upstream.
+pub const REASON_HEADER: &str = "x-backstop-reason";
+
+/// Why backstop answered a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched.
+    #[error("no route matches this request")]
+    NoRoute,
+    /// The TCP or TLS connection to the upstream could not be made in time.
+    #[error("could not connect to the upstream")]
+    ConnectFailed,
+    /// The upstream did not answer before the route's timeout.
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    /// The connection broke or the upstream's response was malformed.
+    #[error("the upstream connection failed or its response was malformed")]
+    UpstreamError,
+    /// The request cannot be forwarded as it is.
+    #[error("the request is malformed")]
+    BadRequest,
+}
+
+impl ProxyError {
+    /// The public reason name.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::ConnectFailed => "upstream_connect_failed",
+            ProxyError::Timeout => "upstream_timeout",
+            ProxyError::UpstreamError => "upstream_error",
+            ProxyError::BadRequest => "bad_request",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::ConnectFailed | ProxyError::UpstreamError => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The JSON response for this error.
+    pub fn to_response(self, route: Option<&str>, upstream: Option<&str>) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "error": self.reason(),
+            "message": self.to_string(),
+            "route": route,
+            "upstream": upstream,
+        });
+        let mut response = Response::new(ProxyBody::local(body.to_string()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
+        response
+    }
+}

@@ -1,0 +1,67 @@
+//! The live side of one configured upstream: its client, its endpoints as URI parts, its
+//! balancer.
+//!
+//! Everything the request path needs is computed here once per config, so forwarding a
+//! request does no string parsing.
+
+use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+
+use super::balancer::Balancer;
+use super::client::{self, ClientError, UpstreamClient};
+use crate::config::Upstream;
+
+/// One endpoint, ready to build request URIs.
+#[derive(Debug)]
+pub struct LiveEndpoint {
+    /// `host:port` as configured; the metrics label.
+    pub address: String,
+    /// URI authority for requests to this endpoint.
+    pub authority: Authority,
+}
+
+/// An upstream ready to take requests.
+#[derive(Debug)]
+pub struct LiveUpstream {
+    /// Configured name.
+    pub name: String,
+    /// Endpoints in config order.
+    pub endpoints: Vec<LiveEndpoint>,
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host header override.
+    pub host_header: Option<HeaderValue>,
+    /// Pooled client.
+    pub client: UpstreamClient,
+    /// Endpoint choice.
+    pub balancer: Balancer,
+}
+
+impl LiveUpstream {
+    /// Builds the live upstream from its config.
+    pub fn build(config: &Upstream) -> Result<Self, ClientError> {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| LiveEndpoint {
+                address: e.address.clone(),
+                authority: e
+                    .address
+                    .parse()
+                    .expect("validated host:port is a valid authority"),
+            })
+            .collect();
+        Ok(Self {
+            name: config.name.clone(),
+            endpoints,
+            scheme: if config.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
+            host_header: config.host_header.clone(),
+            client: client::build(config)?,
+            balancer: Balancer::new(&config.endpoints),
+        })
+    }
+}

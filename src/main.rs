@@ -1,0 +1,197 @@
+//! The `backstop` binary: parses the command line and hands over to the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use backstop::config::{self, ConfigError};
+use backstop::metrics::Metrics;
+use backstop::telemetry::{self, LogFormat};
+use backstop::App;
+use clap::{Parser, Subcommand};
+
+/// Exit code for an invalid config (`EX_CONFIG` from sysexits is 78; we use 1 as documented).
+const EXIT_INVALID: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "backstop",
+    version,
+    about = "A reliability sidecar for partner and payment APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file.
+        #[arg(
+            short,
+            long,
+            env = "BACKSTOP_CONFIG",
+            default_value = "config/backstop.yaml"
+        )]
+        config: PathBuf,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Check a config file and print every problem.
+    Validate {
+        /// Config file.
+        #[arg(
+            short,
+            long,
+            env = "BACKSTOP_CONFIG",
+            default_value = "config/backstop.yaml"
+        )]
+        config: PathBuf,
+    },
+    /// Run simulated backends, the proxy and a load generator, all on loopback.
+    Demo {
+        /// Config file for the proxy.
+        #[arg(short, long, default_value = "config/demo.yaml")]
+        config: PathBuf,
+        /// Requests per second the load generator sends.
+        #[arg(long, default_value_t = 20)]
+        rps: u32,
+        /// How long the load generator runs (the proxy keeps running until Ctrl-C).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        load_for: Duration,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run {
+            config,
+            log_format,
+            workers,
+        } => {
+            telemetry::init(log_format, "info");
+            exit(runtime(workers).and_then(|rt| rt.block_on(run(&config))))
+        }
+        Command::Demo {
+            config,
+            rps,
+            load_for,
+            log_format,
+        } => {
+            telemetry::init(log_format, "info,backstop::access=warn");
+            let options = backstop::demo::Options { rps, load_for };
+            exit(runtime(None).and_then(|rt| rt.block_on(demo(&config, options))))
+        }
+    }
+}
+
+fn validate(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: valid ({} routes, {} upstreams, sha256 {})",
+                path.display(),
+                c.routes.len(),
+                c.upstreams.len(),
+                &c.sha256[..12]
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_issues(path, &e);
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+fn print_issues(path: &Path, error: &ConfigError) {
+    let issues = error.issues();
+    eprintln!("{}: {} problem(s):", path.display(), issues.len());
+    for line in issues {
+        eprintln!("  {line}");
+    }
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+/// Loads the config or prints its problems; `Ok(None)` means invalid (already reported).
+fn load_config(path: &Path) -> Option<config::Config> {
+    match config::load(path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            print_issues(path, &e);
+            None
+        }
+    }
+}
+
+async fn run(path: &Path) -> anyhow::Result<bool> {
+    let Some(config) = load_config(path) else {
+        return Ok(false);
+    };
+    let app = App::start(config, Metrics::new()).await?;
+    shutdown_signal().await?;
+    tracing::info!("shutdown signal received");
+    app.shutdown().await;
+    Ok(true)
+}
+
+async fn demo(path: &Path, options: backstop::demo::Options) -> anyhow::Result<bool> {
+    let Some(config) = load_config(path) else {
+        return Ok(false);
+    };
+    let demo = backstop::demo::Demo::start(config, options).await?;
+    demo.print_welcome();
+    shutdown_signal().await?;
+    tracing::info!("stopping the demo");
+    demo.shutdown().await;
+    Ok(true)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn exit(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_INVALID),
+        Err(e) => {
+            eprintln!("backstop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

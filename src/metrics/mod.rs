@@ -1,0 +1,181 @@
+//! Metrics: one registry we own, created once and passed down.
+//!
+//! We do not use the `prometheus` crate's global default registry: tests run many proxies in one
+//! process and each must count only its own traffic. Label values are bounded: route and
+//! upstream names come from the config, methods are folded to a fixed set, statuses are three
+//! digits, and endpoints are config addresses. Raw paths and client addresses never become labels.
+
+pub mod names;
+
+use std::time::Duration;
+
+use http::Method;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Bucket bounds of the request duration histogram, in seconds. Fine below a millisecond (a
+/// proxy's own overhead) and with exact bounds at common SLO thresholds (100ms, 300ms, 1s).
+pub const DURATION_BUCKETS: [f64; 19] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The outcome of one attempt at an upstream endpoint, as the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// A response came back with a status below 500.
+    Success,
+    /// A 5xx response came back.
+    Status5xx,
+    /// The connection could not be made.
+    ConnectFailure,
+    /// No response before the deadline.
+    Timeout,
+    /// The connection broke or the response was malformed.
+    Error,
+}
+
+impl AttemptResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Success => "success",
+            AttemptResult::Status5xx => "5xx",
+            AttemptResult::ConnectFailure => "connect_failure",
+            AttemptResult::Timeout => "timeout",
+            AttemptResult::Error => "error",
+        }
+    }
+}
+
+/// Handles to every metric family.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    attempts: IntCounterVec,
+    in_flight: IntGauge,
+}
+
+impl Metrics {
+    /// Creates a fresh registry with every family registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(names::REQUESTS_TOTAL, "Requests answered by backstop."),
+            &["route", "upstream", "method", "status"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                names::REQUEST_DURATION_SECONDS,
+                "Time from request received to response headers sent, in seconds.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "upstream"],
+        )
+        .expect("valid metric");
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                names::UPSTREAM_ATTEMPTS_TOTAL,
+                "Attempts sent to upstream endpoints, by result.",
+            ),
+            &["upstream", "endpoint", "result"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new(names::REQUESTS_IN_FLIGHT, "Requests being served now.")
+            .expect("valid metric");
+        let build = IntGaugeVec::new(
+            Opts::new(names::BUILD_INFO, "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(attempts.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(build),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            requests,
+            duration,
+            attempts,
+            in_flight,
+        }
+    }
+
+    /// The registry, for modules that add their own families.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn observe_request(
+        &self,
+        route: &str,
+        upstream: &str,
+        method: &Method,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let mut code = itoa::Buffer::new();
+        self.requests
+            .with_label_values(&[route, upstream, method_label(method), code.format(status)])
+            .inc();
+        self.duration
+            .with_label_values(&[route, upstream])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one attempt at an endpoint.
+    pub fn observe_attempt(&self, upstream: &str, endpoint: &str, result: AttemptResult) {
+        self.attempts
+            .with_label_values(&[upstream, endpoint, result.as_str()])
+            .inc();
+    }
+
+    /// The gauge of requests being served.
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Folds methods to a fixed set so a client cannot create label values at will.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}

@@ -1,0 +1,61 @@
+//! The running config: one immutable [`Snapshot`] behind one `ArcSwap`.
+//!
+//! Each request loads the snapshot once and keeps that `Arc` to its end, so every phase of one
+//! request sees one config even if a reload swaps in another meanwhile. A snapshot is replaced
+//! whole, never piece by piece.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::dataplane::client::ClientError;
+use crate::dataplane::upstream::LiveUpstream;
+
+/// A compiled config with its live upstreams.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The config it was built from.
+    pub config: Config,
+    /// Live upstreams, in the order of `config.upstreams`.
+    pub upstreams: Vec<LiveUpstream>,
+    /// 1 for the config loaded at startup, +1 per accepted reload.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// Builds the live parts of `config`.
+    pub fn build(config: Config, generation: u64) -> Result<Self, ClientError> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(LiveUpstream::build)
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            config,
+            upstreams,
+            generation,
+        })
+    }
+}
+
+/// Shared handle to the current snapshot.
+#[derive(Debug, Clone)]
+pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>);
+
+impl SnapshotHandle {
+    /// A handle holding `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(snapshot)))
+    }
+
+    /// The current snapshot; keep it for the whole request.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    /// Replaces the snapshot atomically.
+    pub fn store(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
+}
