@@ -61,17 +61,19 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
     let routes = routes(&mut issues, &raw.routes, &raw.upstreams);
 
     if issues.0.is_empty() {
-        Ok(Config {
+        return Ok(Config {
             listen,
             admin_listen,
             drain_timeout,
             upstreams,
             routes,
             sha256,
-        })
-    } else {
-        Err(issues.0)
+        });
     }
+    // File order reads best; problems without a position (missing sections) come last.
+    let mut found = issues.0;
+    found.sort_by_key(|i| (i.position.is_none(), i.position));
+    Err(found)
 }
 
 fn listener(

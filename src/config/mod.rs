@@ -37,14 +37,22 @@ pub fn load_str(text: &str) -> Result<Config, ConfigError> {
 fn syntax_issue(text: &str, err: &serde_saphyr::Error) -> ConfigIssue {
     let position = err.location().and_then(|l| Position::from_location(&l));
     let full = err.without_snippet().to_string();
-    let message = strip_location_prefix(&full);
-    let path = position
+    let message = strip_location_suffix(strip_location_prefix(&full));
+    let mut path = position
         .and_then(|p| key_paths::path_at(text, p))
         .unwrap_or_default();
+    if let Some(field) = missing_field(message) {
+        // serde points at a key of the mapping that lacks `field`; name the missing key itself.
+        path = match path.rsplit_once('.') {
+            Some((parent, last)) if !last.ends_with(']') => format!("{parent}.{field}"),
+            _ if path.is_empty() => field.to_owned(),
+            _ => format!("{path}.{field}"),
+        };
+    }
     let hint = unknown_field_hint(message);
     ConfigIssue {
         path,
-        message: message.to_owned(),
+        message: plain_words(message),
         position,
         hint,
     }
@@ -57,6 +65,39 @@ fn strip_location_prefix(full: &str) -> &str {
         Some((_, message)) => message,
         None => rest,
     }
+}
+
+/// serde-saphyr may end a message with ` at line L, column C`; we print the position ourselves.
+fn strip_location_suffix(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(", column ") => &message[..i],
+        _ => message,
+    }
+}
+
+/// Rewords serde's type names into what a YAML author understands.
+fn plain_words(message: &str) -> String {
+    let words = [
+        (
+            "invalid u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("invalid u64", "expected a whole number of 0 or more"),
+        ("invalid type: ", "wrong type: "),
+    ];
+    let mut out = message.to_owned();
+    for (from, to) in words {
+        out = out.replace(from, to);
+    }
+    out
+}
+
+/// `missing field `upstream`` -> `upstream`.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")?
+        .split_once('`')
+        .map(|(f, _)| f)
 }
 
 /// For `unknown field `wieght`, expected one of address, weight`, suggests `weight`.

@@ -41,7 +41,8 @@ pub async fn serve(
                     Err(e) => {
                         // Usually EMFILE; back off briefly instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let backoff = Duration::from_millis(50);
+                        tokio::time::sleep(backoff).await;
                         continue;
                     }
                 };

@@ -1,0 +1,85 @@
+//! Graceful shutdown: in-flight requests finish, new connections are refused, readiness drops.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{eventually, get, proxy, simple_config, Backend, Behaviour};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A slow request that is in flight when shutdown starts still gets its 200; afterwards the
+/// listener refuses connections.
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests_then_refuses() {
+    let backend = Backend::start(Behaviour::Delay(Duration::from_millis(500))).await;
+    let app = proxy(&simple_config(&[&backend], "")).await;
+    let addr = app.proxy_addr();
+    let in_flight = tokio::spawn(get(format!("http://{addr}/slow")));
+    eventually(Duration::from_secs(5), || async { backend.hits() == 1 }).await;
+    app.shutdown().await;
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, 200, "the in-flight request completed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "new connections are refused"
+    );
+}
+
+/// The real binary: SIGTERM while a request is in flight; the request completes, readiness turns
+/// 503 during the drain, and the process exits 0.
+#[tokio::test]
+async fn binary_drains_on_sigterm_and_exits_zero() {
+    let backend = Backend::start(Behaviour::Delay(Duration::from_millis(800))).await;
+    let dir = std::env::temp_dir().join(format!("backstop-shutdown-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yaml");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\ndrain_timeout: 10s\n{}",
+        simple_config(&[&backend], "")
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .args(["--log-format", "json"])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (proxy, admin) = loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("backstop logged its addresses")
+            .unwrap()
+            .expect("backstop is still running");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["message"] == "backstop is serving" {
+            break (
+                v["proxy"].as_str().unwrap().to_owned(),
+                v["admin"].as_str().unwrap().to_owned(),
+            );
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let in_flight = tokio::spawn(get(format!("http://{proxy}/slow")));
+    eventually(Duration::from_secs(5), || async { backend.hits() == 1 }).await;
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually(Duration::from_secs(5), || {
+        let admin = admin.clone();
+        async move { get(format!("http://{admin}/readyz")).await.status == 503 }
+    })
+    .await;
+    assert_eq!(in_flight.await.unwrap().status, 200);
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+}

@@ -1,0 +1,244 @@
+//! Test harness: real hyper backends on 127.0.0.1:0 whose behaviour a test switches, and the
+//! real proxy started in-process on ephemeral ports.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backstop::metrics::Metrics;
+use backstop::App;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// What a test backend does with the next requests.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// 200 with a JSON echo of method, path, query and headers.
+    Echo,
+    /// This status, empty body.
+    Status(u16),
+    /// Echo after a delay.
+    Delay(Duration),
+    /// Read the request, then never answer.
+    Silent,
+    /// Read the request, then drop the connection without a response.
+    Reset,
+}
+
+/// A backend on loopback that counts what it received.
+#[derive(Clone)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    last_headers: Arc<Mutex<Option<HeaderMap>>>,
+}
+
+impl Backend {
+    pub async fn start(behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Backend {
+            addr: listener.local_addr().unwrap(),
+            hits: Arc::default(),
+            behaviour: Arc::new(Mutex::new(behaviour)),
+            last_headers: Arc::default(),
+        };
+        let b = backend.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| b.clone().handle(req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        backend
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Requests that reached this backend (counted when the request head arrived).
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last_headers(&self) -> HeaderMap {
+        self.last_headers
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the backend saw a request")
+    }
+
+    async fn handle(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        *self.last_headers.lock().unwrap() = Some(req.headers().clone());
+        let behaviour = self.behaviour.lock().unwrap().clone();
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        match behaviour {
+            Behaviour::Echo => Ok(echo(&parts, body.len(), &self.addr)),
+            Behaviour::Delay(d) => {
+                // Simulated latency of a slow backend, not a wait in a test.
+                tokio::time::sleep_until(tokio::time::Instant::now() + d).await;
+                Ok(echo(&parts, body.len(), &self.addr))
+            }
+            Behaviour::Status(code) => {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::from_u16(code).unwrap();
+                Ok(r)
+            }
+            Behaviour::Silent => std::future::pending().await,
+            Behaviour::Reset => Err(std::io::Error::other("reset on purpose")),
+        }
+    }
+}
+
+fn echo(parts: &http::request::Parts, body_len: usize, addr: &SocketAddr) -> Response<Full<Bytes>> {
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    let body = serde_json::json!({
+        "backend": addr.to_string(),
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body_len": body_len,
+    });
+    Response::new(Full::new(Bytes::from(body.to_string())))
+}
+
+/// Starts the proxy with `yaml` (listeners are forced to 127.0.0.1:0).
+pub async fn proxy(yaml: &str) -> App {
+    let yaml = format!("listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n{yaml}");
+    let config =
+        backstop::config::load_str(&yaml).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    App::start(config, Metrics::new()).await.unwrap()
+}
+
+/// A one-upstream, one-route config in front of `backends`.
+pub fn simple_config(backends: &[&Backend], route_extra: &str) -> String {
+    let endpoints: String = backends
+        .iter()
+        .map(|b| format!("      - address: {}\n", b.addr))
+        .collect();
+    format!(
+        "upstreams:\n  svc:\n    endpoints:\n{endpoints}routes:\n  - name: all\n    upstream: svc\n{route_extra}"
+    )
+}
+
+pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A response with its body read whole.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> Answer {
+    let resp = client().request(req).await.expect("the proxy answered");
+    let (parts, body) = resp.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+pub async fn get(url: String) -> Answer {
+    send(Request::get(url).body(Full::default()).unwrap()).await
+}
+
+pub async fn metrics(app: &App) -> String {
+    String::from_utf8_lossy(
+        &get(format!("http://{}/metrics", app.admin_addr()))
+            .await
+            .body,
+    )
+    .into_owned()
+}
+
+/// The value of the sample whose line starts with `series` (name and labels as rendered).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        poll.tick().await;
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+    }
+}
+
+/// A loopback port with nothing listening on it.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+pub fn infallible<T>(v: T) -> Result<T, Infallible> {
+    Ok(v)
+}
