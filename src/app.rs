@@ -53,7 +53,7 @@ pub struct App {
 impl App {
     /// Binds the listeners of `config` and starts serving.
     pub async fn start(config: Config, metrics: Metrics) -> Result<App, StartError> {
-        let snapshots = SnapshotHandle::new(Snapshot::build(config, 1)?);
+        let snapshots = SnapshotHandle::new(Snapshot::build(config, 1, &metrics)?);
         let config = &snapshots.load().config;
         let proxy = bind("proxy", config.listen).await?;
         let admin = bind("admin", config.admin_listen).await?;

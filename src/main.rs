@@ -11,6 +11,10 @@ use backstop::telemetry::{self, LogFormat};
 use backstop::App;
 use clap::{Parser, Subcommand};
 
+/// mimalloc: measured faster than glibc malloc on the proxy path (bench/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for an invalid config (`EX_CONFIG` from sysexits is 78; we use 1 as documented).
 const EXIT_INVALID: u8 = 1;
 

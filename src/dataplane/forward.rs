@@ -4,8 +4,6 @@
 //! proxy; `x-forwarded-for`/`x-forwarded-proto` tell the upstream who called; `x-request-id`
 //! ties the access log, the upstream's logs and the client's view of one request together.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Header carrying the request id.
@@ -29,6 +27,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including those the `Connection` header names. `TE: trailers`
 /// is kept on requests because gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (few) headers is cheaper than eight hash lookups when, as usual,
+    // none of them is present.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -47,16 +50,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Adds the client to `x-forwarded-for` and sets `x-forwarded-proto` when absent.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
-    let client = client.to_string();
-    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client}"),
-        None => client,
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::TE
+}
+
+/// Adds the client (an IP address as a header value) to `x-forwarded-for` and sets
+/// `x-forwarded-proto` when absent.
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
+    let appended = headers.get(X_FORWARDED_FOR).map(|previous| {
+        let mut joined = Vec::with_capacity(previous.len() + 2 + client.len());
+        joined.extend_from_slice(previous.as_bytes());
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(client.as_bytes());
+        HeaderValue::from_bytes(&joined)
+    });
+    match appended {
+        Some(Ok(value)) => headers.insert(X_FORWARDED_FOR, value),
+        // An unusable previous value is replaced rather than forwarded.
+        Some(Err(_)) | None => headers.insert(X_FORWARDED_FOR, client.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
@@ -103,7 +115,7 @@ mod tests {
     fn appends_to_forwarded_for() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
+        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"));
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
     }

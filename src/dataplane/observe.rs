@@ -82,7 +82,12 @@ where
                 .as_ref()
                 .map_or(("", ""), |o| (o.route_name(), o.upstream_name()));
             let status = response.status().as_u16();
-            metrics.observe_request(route, upstream, &method, status, elapsed);
+            match &outcome {
+                Some(o) => o.route_metrics().observe(&method, status, elapsed),
+                None => metrics
+                    .requests_handle(route, upstream, &method, status)
+                    .inc(),
+            }
             if let Some(path) = path {
                 tracing::info!(
                     target: ACCESS_LOG_TARGET,

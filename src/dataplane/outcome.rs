@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::metrics::handles::RouteMetrics;
 use crate::runtime::Snapshot;
 
 /// The route, upstream and endpoint a request went to, and how it ended.
@@ -33,6 +34,13 @@ impl Outcome {
             attempts: 0,
             reason: None,
         }
+    }
+
+    /// The metric handles of the matched route, or of "no route".
+    pub fn route_metrics(&self) -> &RouteMetrics {
+        self.route
+            .and_then(|r| self.snapshot.route_metrics.get(r))
+            .unwrap_or(&self.snapshot.no_route_metrics)
     }
 
     /// Route name, or "" when none matched.

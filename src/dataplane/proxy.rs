@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::uri::PathAndQuery;
-use http::{header, Request, Response, Uri, Version};
+use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tower::Service;
 
@@ -20,25 +20,23 @@ use super::forward;
 use super::outcome::Outcome;
 use super::rescue::ProxyError;
 use super::router;
-use crate::metrics::{AttemptResult, Metrics};
+use crate::metrics::AttemptResult;
 use crate::runtime::SnapshotHandle;
 
 /// Forwards requests of one downstream connection.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     snapshots: SnapshotHandle,
-    metrics: Metrics,
-    client_ip: IpAddr,
+    /// The client's address as an `x-forwarded-for` entry, formatted once per connection.
+    client: HeaderValue,
 }
 
 impl Proxy {
     /// A proxy for a connection from `client_ip`.
-    pub fn new(snapshots: SnapshotHandle, metrics: Metrics, client_ip: IpAddr) -> Self {
-        Self {
-            snapshots,
-            metrics,
-            client_ip,
-        }
+    pub fn new(snapshots: SnapshotHandle, client_ip: IpAddr) -> Self {
+        let client = HeaderValue::from_str(&client_ip.to_string())
+            .expect("an IP address is a valid header value");
+        Self { snapshots, client }
     }
 
     async fn forward(self, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -69,7 +67,7 @@ impl Proxy {
             parts.headers.insert(header::HOST, host.clone());
         }
         forward::strip_hop_by_hop(&mut parts.headers);
-        forward::add_forwarded(&mut parts.headers, self.client_ip);
+        forward::add_forwarded(&mut parts.headers, &self.client);
         let path = parts
             .uri
             .path_and_query()
@@ -119,8 +117,7 @@ impl Proxy {
             }
             Err(_elapsed) => (AttemptResult::Timeout, Err(ProxyError::Timeout)),
         };
-        self.metrics
-            .observe_attempt(&upstream.name, &endpoint.address, result);
+        endpoint.metrics.attempt(result);
         match response {
             Ok(response) => finish(response, outcome, None),
             Err(error) => finish(

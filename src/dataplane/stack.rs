@@ -23,5 +23,5 @@ pub type Stack = Observe<Proxy>;
 pub fn build(snapshots: &SnapshotHandle, metrics: &Metrics, client_ip: IpAddr) -> Stack {
     ServiceBuilder::new()
         .layer(ObserveLayer::new(metrics.clone()))
-        .service(Proxy::new(snapshots.clone(), metrics.clone(), client_ip))
+        .service(Proxy::new(snapshots.clone(), client_ip))
 }

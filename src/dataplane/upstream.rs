@@ -10,6 +10,8 @@ use http::HeaderValue;
 use super::balancer::Balancer;
 use super::client::{self, ClientError, UpstreamClient};
 use crate::config::Upstream;
+use crate::metrics::handles::EndpointMetrics;
+use crate::metrics::Metrics;
 
 /// One endpoint, ready to build request URIs.
 #[derive(Debug)]
@@ -18,6 +20,8 @@ pub struct LiveEndpoint {
     pub address: String,
     /// URI authority for requests to this endpoint.
     pub authority: Authority,
+    /// Attempt counters.
+    pub metrics: EndpointMetrics,
 }
 
 /// An upstream ready to take requests.
@@ -39,7 +43,7 @@ pub struct LiveUpstream {
 
 impl LiveUpstream {
     /// Builds the live upstream from its config.
-    pub fn build(config: &Upstream) -> Result<Self, ClientError> {
+    pub fn build(config: &Upstream, metrics: &Metrics) -> Result<Self, ClientError> {
         let endpoints = config
             .endpoints
             .iter()
@@ -49,6 +53,7 @@ impl LiveUpstream {
                     .address
                     .parse()
                     .expect("validated host:port is a valid authority"),
+                metrics: EndpointMetrics::new(metrics, &config.name, &e.address),
             })
             .collect();
         Ok(Self {

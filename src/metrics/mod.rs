@@ -5,9 +5,10 @@
 //! upstream names come from the config, methods are folded to a fixed set, statuses are three
 //! digits, and endpoints are config addresses. Raw paths and client addresses never become labels.
 
+pub mod handles;
 pub mod names;
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use http::Method;
 use prometheus::{
@@ -24,6 +25,7 @@ pub const DURATION_BUCKETS: [f64; 19] = [
 
 /// The outcome of one attempt at an upstream endpoint, as the `result` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum AttemptResult {
     /// A response came back with a status below 500.
     Success,
@@ -38,6 +40,15 @@ pub enum AttemptResult {
 }
 
 impl AttemptResult {
+    /// Every result, in declaration order (the index of each is `result as usize`).
+    pub const ALL: [AttemptResult; 5] = [
+        AttemptResult::Success,
+        AttemptResult::Status5xx,
+        AttemptResult::ConnectFailure,
+        AttemptResult::Timeout,
+        AttemptResult::Error,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,9 +61,12 @@ impl AttemptResult {
     }
 }
 
-/// Handles to every metric family.
+/// Handles to every metric family; cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Families>);
+
+#[derive(Debug)]
+struct Families {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
@@ -105,55 +119,64 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
-        Self {
+        Self(Arc::new(Families {
             registry,
             requests,
             duration,
             attempts,
             in_flight,
-        }
+        }))
     }
 
     /// The registry, for modules that add their own families.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.0.registry
     }
 
-    /// Counts one answered request and its duration.
-    pub fn observe_request(
+    /// The request counter of one label set; see [`handles::RouteMetrics`] for the cached path.
+    pub fn requests_handle(
         &self,
         route: &str,
         upstream: &str,
         method: &Method,
         status: u16,
-        elapsed: Duration,
-    ) {
+    ) -> prometheus::IntCounter {
         let mut code = itoa::Buffer::new();
-        self.requests
-            .with_label_values(&[route, upstream, method_label(method), code.format(status)])
-            .inc();
-        self.duration
-            .with_label_values(&[route, upstream])
-            .observe(elapsed.as_secs_f64());
+        self.0.requests.with_label_values(&[
+            route,
+            upstream,
+            method_label(method),
+            code.format(status),
+        ])
     }
 
-    /// Counts one attempt at an endpoint.
-    pub fn observe_attempt(&self, upstream: &str, endpoint: &str, result: AttemptResult) {
-        self.attempts
+    /// The duration histogram of one route.
+    pub fn duration_handle(&self, route: &str, upstream: &str) -> prometheus::Histogram {
+        self.0.duration.with_label_values(&[route, upstream])
+    }
+
+    /// The attempt counter of one endpoint and result.
+    pub fn attempts_handle(
+        &self,
+        upstream: &str,
+        endpoint: &str,
+        result: AttemptResult,
+    ) -> prometheus::IntCounter {
+        self.0
+            .attempts
             .with_label_values(&[upstream, endpoint, result.as_str()])
-            .inc();
     }
 
     /// The gauge of requests being served.
     pub fn in_flight(&self) -> &IntGauge {
-        &self.in_flight
+        &self.0.in_flight
     }
 
     /// Everything in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for the text format.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&self.0.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }

@@ -11,6 +11,8 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::dataplane::client::ClientError;
 use crate::dataplane::upstream::LiveUpstream;
+use crate::metrics::handles::RouteMetrics;
+use crate::metrics::Metrics;
 
 /// A compiled config with its live upstreams.
 #[derive(Debug)]
@@ -19,19 +21,30 @@ pub struct Snapshot {
     pub config: Config,
     /// Live upstreams, in the order of `config.upstreams`.
     pub upstreams: Vec<LiveUpstream>,
+    /// Metric handles per route, in the order of `config.routes`.
+    pub route_metrics: Vec<RouteMetrics>,
+    /// Metric handles for requests no route took.
+    pub no_route_metrics: RouteMetrics,
     /// 1 for the config loaded at startup, +1 per accepted reload.
     pub generation: u64,
 }
 
 impl Snapshot {
     /// Builds the live parts of `config`.
-    pub fn build(config: Config, generation: u64) -> Result<Self, ClientError> {
+    pub fn build(config: Config, generation: u64, metrics: &Metrics) -> Result<Self, ClientError> {
         let upstreams = config
             .upstreams
             .iter()
-            .map(LiveUpstream::build)
+            .map(|u| LiveUpstream::build(u, metrics))
             .collect::<Result<_, _>>()?;
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| RouteMetrics::new(metrics, &r.name, &config.upstreams[r.upstream].name))
+            .collect();
         Ok(Self {
+            no_route_metrics: RouteMetrics::new(metrics, "", ""),
+            route_metrics,
             config,
             upstreams,
             generation,
