@@ -21,6 +21,7 @@ pub mod config;
 pub mod dataplane;
 pub mod demo;
 pub mod metrics;
+pub mod policy;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
+use super::compile_policy;
 use super::error::ConfigIssue;
 use super::model::{Config, Endpoint, HostMatch, Route, Tls, Upstream};
 use super::raw::{RawConfig, RawEndpoint, RawMatch, RawRoute, RawTls, RawUpstream};
@@ -156,6 +157,26 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
             .max_idle_connections
             .as_ref()
             .map_or(DEFAULT_MAX_IDLE, |m| m.value) as usize,
+        max_concurrent_requests: raw.max_concurrent_requests.as_ref().and_then(|m| {
+            if m.value == 0 {
+                issues.at(
+                    &format!("{path}.max_concurrent_requests"),
+                    m,
+                    "must be at least 1".into(),
+                );
+                None
+            } else {
+                Some(m.value)
+            }
+        }),
+        circuit_breaker: raw
+            .circuit_breaker
+            .as_ref()
+            .and_then(|b| compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b)),
+        outlier_detection: raw
+            .outlier_detection
+            .as_ref()
+            .map(|o| compile_policy::outlier(issues, &format!("{path}.outlier_detection"), o)),
     }
 }
 
@@ -367,6 +388,10 @@ fn route(
         headers,
         upstream: upstream?,
         timeout,
+        circuit_breaker: raw
+            .circuit_breaker
+            .as_ref()
+            .and_then(|b| compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b)),
     })
 }
 

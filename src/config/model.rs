@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
+use crate::policy::breaker::BreakerConfig;
+use crate::policy::outlier::OutlierConfig;
+
 /// A whole, valid config.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,6 +46,12 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Most idle pooled connections kept per endpoint.
     pub max_idle_connections: usize,
+    /// Bulkhead limit on requests in flight.
+    pub max_concurrent_requests: Option<u32>,
+    /// Upstream-level circuit breaker.
+    pub circuit_breaker: Option<BreakerConfig>,
+    /// Passive per-endpoint ejection.
+    pub outlier_detection: Option<OutlierConfig>,
 }
 
 /// One address of an upstream.
@@ -84,6 +93,8 @@ pub struct Route {
     pub upstream: usize,
     /// Deadline for the response headers.
     pub timeout: Duration,
+    /// Route-level breaker (keyed by route + upstream), replacing the upstream's for this route.
+    pub circuit_breaker: Option<BreakerConfig>,
 }
 
 /// How a route matches the request's host.

@@ -56,6 +56,74 @@ pub struct RawUpstream {
     pub idle_timeout: Option<Text>,
     /// Most idle pooled connections kept per endpoint.
     pub max_idle_connections: Option<Spanned<u32>>,
+    /// Bulkhead: most requests in flight to this upstream; beyond it, 503 upstream_overloaded.
+    pub max_concurrent_requests: Option<Spanned<u32>>,
+    /// Circuit breaker for the whole upstream.
+    pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
+    /// Passive per-endpoint ejection.
+    pub outlier_detection: Option<Spanned<RawOutlier>>,
+}
+
+/// `circuit_breaker:` on an upstream or a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    /// enforce | shadow.
+    pub mode: Option<Text>,
+    /// Open after N failures in a row.
+    pub consecutive_failures: Option<Spanned<u32>>,
+    /// Open when the failure share over a window reaches a threshold.
+    pub failure_rate: Option<RawRate>,
+    /// Open when the share of slow calls reaches a threshold.
+    pub slow_call: Option<RawSlowCall>,
+    /// First open period.
+    pub open_for: Option<Text>,
+    /// Cap of the doubling open period.
+    pub max_open_for: Option<Text>,
+    /// Probes while half-open.
+    pub half_open_requests: Option<Spanned<u32>>,
+    /// What counts as a failure.
+    pub failure_on: Option<Vec<Text>>,
+}
+
+/// `failure_rate:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    /// e.g. `50%`.
+    pub threshold: Text,
+    /// Sliding window length.
+    pub window: Option<Text>,
+    /// Fewest calls before the rate counts.
+    pub min_requests: Option<Spanned<u32>>,
+}
+
+/// `slow_call:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlowCall {
+    /// A call at least this long is slow.
+    pub duration: Text,
+    /// e.g. `80%`.
+    pub threshold: Text,
+    /// Sliding window length (default: failure_rate's, else 30s).
+    pub window: Option<Text>,
+    /// Fewest calls before the rate counts (default: failure_rate's, else 20).
+    pub min_requests: Option<Spanned<u32>>,
+}
+
+/// `outlier_detection:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// Failures in a row that eject an endpoint.
+    pub consecutive_failures: Option<Spanned<u32>>,
+    /// First ejection length.
+    pub base_ejection: Option<Text>,
+    /// Longest ejection.
+    pub max_ejection: Option<Text>,
+    /// Largest share of endpoints ejected at once, e.g. `50%`.
+    pub max_ejected: Option<Text>,
 }
 
 /// One endpoint of an upstream.
@@ -105,6 +173,8 @@ pub struct RawRoute {
     pub upstream: Text,
     /// Total time allowed for the response headers.
     pub timeout: Option<Text>,
+    /// A breaker for this route's traffic only, instead of the upstream's.
+    pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
 }
 
 /// `match:`

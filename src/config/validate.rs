@@ -48,6 +48,7 @@ impl Issues {
 }
 
 /// Where a spanned value stands in the file.
+/// A string value with its position.
 pub(crate) type Text = Spanned<String>;
 
 pub(crate) fn pos<T>(value: &Spanned<T>) -> Option<Position> {
@@ -105,6 +106,27 @@ pub(crate) fn duration_or(
         Some(d) => d,
         None => default,
     }
+}
+
+/// Parses a percentage `"99.9%"` into a ratio in (0, 1].
+pub(crate) fn percent(issues: &mut Issues, path: &str, value: &Spanned<String>) -> Option<f64> {
+    let parsed = value
+        .value
+        .trim()
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .filter(|p| *p > 0.0 && *p <= 100.0);
+    if parsed.is_none() {
+        issues.at(
+            path,
+            value,
+            format!(
+                "invalid percentage {:?}: expected more than 0% and at most 100%, e.g. \"50%\"",
+                value.value
+            ),
+        );
+    }
+    parsed.map(|p| p / 100.0)
 }
 
 /// Parses a listener address, `ip:port`.

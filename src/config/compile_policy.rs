@@ -1,0 +1,260 @@
+//! Compiles the policy blocks: `circuit_breaker:` and `outlier_detection:`.
+//!
+//! Defaults live here; config/backstop.yaml documents the same values.
+
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use super::raw::{RawCircuitBreaker, RawOutlier, RawRate};
+use super::validate::{closest, duration_or, percent, Issues};
+use crate::policy::breaker::{BreakerConfig, RateCondition};
+use crate::policy::classify::FailureSet;
+use crate::policy::outlier::OutlierConfig;
+use crate::policy::Mode;
+
+const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_OPEN_FOR: Duration = Duration::from_secs(120);
+const DEFAULT_HALF_OPEN: u32 = 3;
+const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
+const DEFAULT_MIN_REQUESTS: u32 = 20;
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// `mode: enforce | shadow` (default enforce).
+pub(crate) fn mode(issues: &mut Issues, path: &str, raw: Option<&Spanned<String>>) -> Mode {
+    match raw.map(|m| m.value.trim()) {
+        None | Some("enforce") => Mode::Enforce,
+        Some("shadow") => Mode::Shadow,
+        Some(other) => {
+            let raw = raw.expect("matched Some");
+            let message = format!("unknown mode {other:?}: expected enforce or shadow");
+            match closest(other, ["enforce", "shadow"]) {
+                Some(near) => {
+                    issues.with_hint(path, raw, message, format!("did you mean {near:?}?"))
+                }
+                None => issues.at(path, raw, message),
+            }
+            Mode::Enforce
+        }
+    }
+}
+
+pub(crate) fn breaker(
+    issues: &mut Issues,
+    path: &str,
+    raw: &Spanned<RawCircuitBreaker>,
+) -> Option<BreakerConfig> {
+    let b = &raw.value;
+    let mode = mode(issues, &format!("{path}.mode"), b.mode.as_ref());
+    let consecutive_failures = b.consecutive_failures.as_ref().and_then(|n| {
+        if n.value == 0 {
+            issues.at(
+                &format!("{path}.consecutive_failures"),
+                n,
+                "must be at least 1".into(),
+            );
+            None
+        } else {
+            Some(n.value)
+        }
+    });
+    let failure_rate = b.failure_rate.as_ref().and_then(|r| {
+        rate(
+            issues,
+            &format!("{path}.failure_rate"),
+            r,
+            DEFAULT_WINDOW,
+            DEFAULT_MIN_REQUESTS,
+        )
+    });
+    let (fr_window, fr_min) = failure_rate
+        .as_ref()
+        .map_or((DEFAULT_WINDOW, DEFAULT_MIN_REQUESTS), |r| {
+            (r.window, r.min_requests)
+        });
+    let (slow_call_duration, slow_call_rate) = match &b.slow_call {
+        Some(s) => {
+            let sp = format!("{path}.slow_call");
+            let duration =
+                super::validate::duration(issues, &format!("{sp}.duration"), &s.duration);
+            let as_rate = RawRate {
+                threshold: s.threshold.clone(),
+                window: s.window.clone(),
+                min_requests: s.min_requests.clone(),
+            };
+            (duration, rate(issues, &sp, &as_rate, fr_window, fr_min))
+        }
+        None => (None, None),
+    };
+    if b.consecutive_failures.is_none() && b.failure_rate.is_none() && b.slow_call.is_none() {
+        issues.at(
+            path,
+            raw,
+            "no opening condition: set at least one of consecutive_failures, failure_rate or slow_call".into(),
+        );
+    }
+    let open_for = duration_or(
+        issues,
+        &format!("{path}.open_for"),
+        b.open_for.as_ref(),
+        DEFAULT_OPEN_FOR,
+        HOUR,
+    );
+    let max_open_for = duration_or(
+        issues,
+        &format!("{path}.max_open_for"),
+        b.max_open_for.as_ref(),
+        DEFAULT_MAX_OPEN_FOR.max(open_for),
+        HOUR,
+    );
+    if let Some(m) = &b.max_open_for {
+        if max_open_for < open_for {
+            issues.at(
+                &format!("{path}.max_open_for"),
+                m,
+                format!("max_open_for {} is shorter than open_for", m.value),
+            );
+        }
+    }
+    let half_open_requests = match &b.half_open_requests {
+        Some(n) if n.value == 0 || n.value > 100 => {
+            issues.at(
+                &format!("{path}.half_open_requests"),
+                n,
+                format!("{} is out of range 1-100", n.value),
+            );
+            DEFAULT_HALF_OPEN
+        }
+        Some(n) => n.value,
+        None => DEFAULT_HALF_OPEN,
+    };
+    let failure_on = match &b.failure_on {
+        None => FailureSet::default(),
+        Some(items) => {
+            let names: Vec<&str> = items.iter().map(|i| i.value.as_str()).collect();
+            match FailureSet::parse(names) {
+                Ok(set) => set,
+                Err(bad) => {
+                    let (i, item) = items
+                        .iter()
+                        .enumerate()
+                        .find(|(_, i)| i.value.trim() == bad)
+                        .expect("bad item is listed");
+                    let message = format!("unknown failure {bad:?}: expected connect-failure, timeout, reset, 5xx or a status like 429");
+                    let ip = format!("{path}.failure_on[{i}]");
+                    match closest(&bad, FailureSet::NAMES) {
+                        Some(near) => {
+                            issues.with_hint(&ip, item, message, format!("did you mean {near:?}?"))
+                        }
+                        None => issues.at(&ip, item, message),
+                    }
+                    FailureSet::default()
+                }
+            }
+        }
+    };
+    Some(BreakerConfig {
+        mode,
+        consecutive_failures,
+        failure_rate,
+        slow_call_duration,
+        slow_call_rate,
+        open_for,
+        max_open_for,
+        half_open_requests,
+        failure_on,
+    })
+}
+
+fn rate(
+    issues: &mut Issues,
+    path: &str,
+    raw: &RawRate,
+    window: Duration,
+    min: u32,
+) -> Option<RateCondition> {
+    let threshold = percent(issues, &format!("{path}.threshold"), &raw.threshold);
+    let window = duration_or(
+        issues,
+        &format!("{path}.window"),
+        raw.window.as_ref(),
+        window,
+        HOUR,
+    );
+    if window < Duration::from_secs(1) {
+        if let Some(w) = &raw.window {
+            issues.at(
+                &format!("{path}.window"),
+                w,
+                "a window shorter than 1s cannot hold a meaningful rate".into(),
+            );
+        }
+    }
+    let min_requests = match &raw.min_requests {
+        Some(n) if n.value == 0 => {
+            issues.at(
+                &format!("{path}.min_requests"),
+                n,
+                "must be at least 1".into(),
+            );
+            min
+        }
+        Some(n) => n.value,
+        None => min,
+    };
+    Some(RateCondition {
+        threshold: threshold?,
+        window,
+        min_requests,
+    })
+}
+
+pub(crate) fn outlier(issues: &mut Issues, path: &str, raw: &Spanned<RawOutlier>) -> OutlierConfig {
+    let o = &raw.value;
+    let consecutive_failures = match &o.consecutive_failures {
+        Some(n) if n.value == 0 => {
+            issues.at(
+                &format!("{path}.consecutive_failures"),
+                n,
+                "must be at least 1".into(),
+            );
+            5
+        }
+        Some(n) => n.value,
+        None => 5,
+    };
+    let base_ejection = duration_or(
+        issues,
+        &format!("{path}.base_ejection"),
+        o.base_ejection.as_ref(),
+        Duration::from_secs(30),
+        HOUR,
+    );
+    let max_ejection = duration_or(
+        issues,
+        &format!("{path}.max_ejection"),
+        o.max_ejection.as_ref(),
+        Duration::from_secs(300).max(base_ejection),
+        HOUR * 24,
+    );
+    if let Some(m) = &o.max_ejection {
+        if max_ejection < base_ejection {
+            issues.at(
+                &format!("{path}.max_ejection"),
+                m,
+                "max_ejection is shorter than base_ejection".into(),
+            );
+        }
+    }
+    let max_ejected = o
+        .max_ejected
+        .as_ref()
+        .and_then(|m| percent(issues, &format!("{path}.max_ejected"), m))
+        .unwrap_or(0.5);
+    OutlierConfig {
+        consecutive_failures,
+        base_ejection,
+        max_ejection,
+        max_ejected,
+    }
+}

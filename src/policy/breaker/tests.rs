@@ -1,0 +1,355 @@
+//! Every transition of the breaker, on a fake clock (Instants built by adding durations).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::policy::classify::{Call, CallResult, FailureSet};
+use crate::policy::Mode;
+
+const MS: Duration = Duration::from_millis(1);
+const S: Duration = Duration::from_secs(1);
+
+fn config() -> BreakerConfig {
+    BreakerConfig {
+        mode: Mode::Enforce,
+        consecutive_failures: None,
+        failure_rate: None,
+        slow_call_duration: None,
+        slow_call_rate: None,
+        open_for: 10 * S,
+        max_open_for: 120 * S,
+        half_open_requests: 3,
+        failure_on: FailureSet::default(),
+    }
+}
+
+fn consecutive(n: u32) -> BreakerConfig {
+    BreakerConfig {
+        consecutive_failures: Some(n),
+        ..config()
+    }
+}
+
+fn ok() -> Call {
+    Call {
+        result: CallResult::Status(200),
+        elapsed: 10 * MS,
+    }
+}
+fn fail() -> Call {
+    Call {
+        result: CallResult::Status(503),
+        elapsed: 10 * MS,
+    }
+}
+
+/// Sends one call through admit + record.
+fn call(b: &mut Breaker, c: Call, now: Instant) -> (Admission, Option<Transition>) {
+    let (a, t1) = b.admit(now);
+    let t2 = match a {
+        Admission::Reject { .. } => None,
+        _ => b.record(a, c, now),
+    };
+    (a, t2.or(t1))
+}
+
+/// Zero-jitter helper: the jitter is within +-10%, so compare with a tolerance.
+fn about(d: Duration, expected: Duration) -> bool {
+    d >= expected.mul_f64(0.9) && d <= expected.mul_f64(1.1)
+}
+
+#[test]
+fn consecutive_failures_open_and_a_success_resets_the_count() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(consecutive(3), t0, 7);
+    call(&mut b, fail(), t0);
+    call(&mut b, fail(), t0);
+    call(&mut b, ok(), t0);
+    call(&mut b, fail(), t0);
+    assert_eq!(call(&mut b, fail(), t0).1, None);
+    assert_eq!(b.state(), StateName::Closed);
+    let (_, t) = call(&mut b, fail(), t0);
+    let t = t.expect("third failure in a row opens");
+    assert_eq!((t.from, t.to), (StateName::Closed, StateName::Open));
+    assert!(
+        t.reason
+            .starts_with("consecutive_failures 3 >= 3; open for"),
+        "{}",
+        t.reason
+    );
+}
+
+#[test]
+fn open_rejects_with_retry_after_then_half_opens() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(consecutive(1), t0, 7);
+    call(&mut b, fail(), t0);
+    let (a, _) = b.admit(t0 + S);
+    let Admission::Reject { retry_after } = a else {
+        panic!("open rejects: {a:?}")
+    };
+    let period = b.next_probe_in(t0).unwrap();
+    assert!(about(period, 10 * S), "{period:?}");
+    assert_eq!(retry_after, period - S);
+    let (a, t) = b.admit(t0 + period);
+    assert_eq!(a, Admission::Probe);
+    assert_eq!(t.unwrap().to, StateName::HalfOpen);
+}
+
+#[test]
+fn half_open_admits_exactly_n_probes() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(consecutive(1), t0, 7);
+    call(&mut b, fail(), t0);
+    let later = t0 + 20 * S;
+    let admissions: Vec<Admission> = (0..5).map(|_| b.admit(later).0).collect();
+    assert_eq!(&admissions[..3], &[Admission::Probe; 3]);
+    assert!(matches!(admissions[3], Admission::Reject { .. }));
+    assert!(matches!(admissions[4], Admission::Reject { .. }));
+}
+
+#[test]
+fn all_probes_succeeding_closes() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(consecutive(1), t0, 7);
+    call(&mut b, fail(), t0);
+    let later = t0 + 20 * S;
+    let probes: Vec<Admission> = (0..3).map(|_| b.admit(later).0).collect();
+    assert_eq!(b.record(probes[0], ok(), later), None);
+    assert_eq!(b.record(probes[1], ok(), later), None);
+    let t = b
+        .record(probes[2], ok(), later)
+        .expect("third success closes");
+    assert_eq!((t.from, t.to), (StateName::HalfOpen, StateName::Closed));
+    assert_eq!(t.reason, "3 of 3 probe(s) succeeded");
+    assert_eq!(b.admit(later).0, Admission::Allow);
+}
+
+#[test]
+fn a_failed_probe_reopens_for_twice_as_long_capped() {
+    let t0 = Instant::now();
+    let cfg = BreakerConfig {
+        max_open_for: 30 * S,
+        ..consecutive(1)
+    };
+    let mut b = Breaker::new(cfg, t0, 7);
+    call(&mut b, fail(), t0);
+    let mut now = t0;
+    let mut periods = Vec::new();
+    for _ in 0..4 {
+        let p = b.next_probe_in(now).unwrap();
+        periods.push(p);
+        now += p;
+        let (a, _) = b.admit(now);
+        assert_eq!(a, Admission::Probe);
+        let t = b.record(a, fail(), now).expect("failed probe reopens");
+        assert_eq!((t.from, t.to), (StateName::HalfOpen, StateName::Open));
+        assert!(
+            t.reason.starts_with("probe failed (status 503"),
+            "{}",
+            t.reason
+        );
+    }
+    assert!(about(periods[0], 10 * S), "{periods:?}");
+    assert!(about(periods[1], 20 * S), "{periods:?}");
+    assert!(
+        periods[2] <= 30 * S && periods[2] >= 27 * S,
+        "capped: {periods:?}"
+    );
+    assert!(periods[3] <= 30 * S, "{periods:?}");
+}
+
+#[test]
+fn closing_resets_the_back_off() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(consecutive(1), t0, 7);
+    call(&mut b, fail(), t0);
+    let mut now = t0 + 20 * S;
+    let (a, _) = b.admit(now);
+    b.record(a, fail(), now); // reopen: 20s
+    now += 40 * S;
+    let probes: Vec<Admission> = (0..3).map(|_| b.admit(now).0).collect();
+    for p in probes {
+        b.record(p, ok(), now);
+    }
+    assert_eq!(b.state(), StateName::Closed);
+    call(&mut b, fail(), now);
+    assert!(
+        about(b.next_probe_in(now).unwrap(), 10 * S),
+        "back to open_for after a close"
+    );
+}
+
+#[test]
+fn failure_rate_needs_min_requests_and_reports_the_numbers() {
+    let t0 = Instant::now();
+    let cfg = BreakerConfig {
+        failure_rate: Some(RateCondition {
+            threshold: 0.5,
+            window: 30 * S,
+            min_requests: 10,
+        }),
+        ..config()
+    };
+    let mut b = Breaker::new(cfg, t0, 7);
+    for _ in 0..9 {
+        assert_eq!(
+            call(&mut b, fail(), t0).1,
+            None,
+            "below min_requests nothing opens"
+        );
+    }
+    let mut opened = None;
+    for i in 0..10 {
+        let c = if i % 2 == 0 { ok() } else { fail() };
+        if let (_, Some(t)) = call(&mut b, c, t0 + S) {
+            opened = Some(t);
+            break;
+        }
+    }
+    let t = opened.expect("opens once the window has 10 calls at >= 50%");
+    assert!(
+        t.reason
+            .starts_with("failure_rate 90% >= 50% over 30s, 10 requests"),
+        "{}",
+        t.reason
+    );
+}
+
+#[test]
+fn failure_rate_window_slides() {
+    let t0 = Instant::now();
+    let cfg = BreakerConfig {
+        failure_rate: Some(RateCondition {
+            threshold: 0.5,
+            window: 10 * S,
+            min_requests: 4,
+        }),
+        ..config()
+    };
+    let mut b = Breaker::new(cfg, t0, 7);
+    for _ in 0..3 {
+        call(&mut b, fail(), t0);
+    }
+    // 12s later the three failures have left the window: one more failure is 1 of 1 < min.
+    assert_eq!(call(&mut b, fail(), t0 + 12 * S).1, None);
+    assert_eq!(
+        b.totals(t0 + 12 * S),
+        Totals {
+            calls: 1,
+            failures: 1,
+            slow: 0
+        }
+    );
+    // Successes dilute: 2 failures of 4 calls within the window still reach 50%.
+    call(&mut b, ok(), t0 + 13 * S);
+    call(&mut b, ok(), t0 + 13 * S);
+    let (_, t) = call(&mut b, fail(), t0 + 14 * S);
+    assert_eq!(t.map(|t| t.to), Some(StateName::Open));
+}
+
+#[test]
+fn slow_calls_open_the_breaker() {
+    let t0 = Instant::now();
+    let cfg = BreakerConfig {
+        slow_call_duration: Some(2 * S),
+        slow_call_rate: Some(RateCondition {
+            threshold: 0.8,
+            window: 30 * S,
+            min_requests: 5,
+        }),
+        ..config()
+    };
+    let mut b = Breaker::new(cfg, t0, 7);
+    let slow = Call {
+        result: CallResult::Status(200),
+        elapsed: 3 * S,
+    };
+    for _ in 0..4 {
+        call(&mut b, slow, t0);
+    }
+    let (_, t) = call(&mut b, slow, t0);
+    let t = t.expect("5 slow of 5 opens");
+    assert!(
+        t.reason
+            .starts_with("slow_call_rate 100% >= 80% over 30s, 5 requests"),
+        "{}",
+        t.reason
+    );
+}
+
+#[test]
+fn four_xx_is_not_a_failure_by_default() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(consecutive(2), t0, 7);
+    let not_found = Call {
+        result: CallResult::Status(404),
+        elapsed: MS,
+    };
+    for _ in 0..10 {
+        assert_eq!(call(&mut b, not_found, t0).1, None);
+    }
+    assert_eq!(b.consecutive_failures(), 0);
+}
+
+#[test]
+fn late_results_from_an_earlier_state_are_ignored() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(consecutive(1), t0, 7);
+    let (early, _) = b.admit(t0); // admitted while closed, finishes later
+    call(&mut b, fail(), t0); // opens
+    assert_eq!(b.record(early, ok(), t0), None);
+    assert_eq!(b.state(), StateName::Open);
+}
+
+#[test]
+fn cancelled_probes_free_their_slot() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(
+        BreakerConfig {
+            half_open_requests: 1,
+            ..consecutive(1)
+        },
+        t0,
+        7,
+    );
+    call(&mut b, fail(), t0);
+    let later = t0 + 20 * S;
+    assert_eq!(b.admit(later).0, Admission::Probe);
+    assert!(matches!(b.admit(later).0, Admission::Reject { .. }));
+    b.cancel_probe();
+    assert_eq!(b.admit(later).0, Admission::Probe);
+}
+
+#[test]
+fn admin_force_open_close_and_reset() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(consecutive(1), t0, 7);
+    let t = b.force_open(t0).unwrap();
+    assert_eq!(
+        (t.to, t.reason.as_str()),
+        (StateName::Open, "forced open by admin")
+    );
+    // Forced open stays open however long it has been.
+    assert!(matches!(b.admit(t0 + 3600 * S).0, Admission::Reject { .. }));
+    assert_eq!(b.next_probe_in(t0), None);
+    assert_eq!(b.force_close(t0).unwrap().to, StateName::Closed);
+    assert_eq!(b.force_close(t0), None, "already closed");
+    call(&mut b, fail(), t0);
+    assert_eq!(b.reset(t0).unwrap().reason, "reset by admin");
+    assert_eq!(b.admit(t0).0, Admission::Allow);
+}
+
+#[test]
+fn jitter_depends_on_the_seed_only() {
+    let t0 = Instant::now();
+    let period = |seed| {
+        let mut b = Breaker::new(consecutive(1), t0, seed);
+        call(&mut b, fail(), t0);
+        b.next_probe_in(t0).unwrap()
+    };
+    assert_eq!(period(1), period(1));
+    assert_ne!(period(1), period(2));
+}
