@@ -70,6 +70,7 @@ impl App {
         let admin_state = AdminState {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            snapshots: snapshots.clone(),
         };
         // The admin listener has its own stop signal: it keeps answering (readyz: 503) while
         // the proxy drains, and closes after.

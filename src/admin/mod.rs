@@ -1,7 +1,10 @@
 //! The admin listener: metrics and health, apart from proxy traffic.
 //!
-//! Loopback by default: it will carry mutating endpoints (reload, forcing breakers), and a
+//! Loopback by default: it carries mutating endpoints (forcing breakers, later reload), and a
 //! scrape or a probe must not compete with payment traffic for the proxy's connections.
+//! Mutating endpoints answer only to clients on loopback until token auth lands.
+
+pub mod circuits;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+use crate::runtime::SnapshotHandle;
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
@@ -26,6 +30,8 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// True once config is loaded and listeners are up; false again when draining.
     pub ready: Arc<AtomicBool>,
+    /// The running config and its live state.
+    pub snapshots: SnapshotHandle,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` turns true.
@@ -34,11 +40,11 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let state = state.clone();
                 let service = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, &req)) }
+                    async move { Ok::<_, Infallible>(handle(&state, &req, peer.ip().is_loopback())) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 tokio::spawn(async move {
@@ -50,8 +56,41 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
     }
 }
 
-fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+fn handle(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    from_loopback: bool,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/admin/circuits/") {
+        if req.method() != Method::POST {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use POST\n".into(),
+            );
+        }
+        if !from_loopback {
+            return json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "mutating admin endpoints answer only on loopback"}),
+            );
+        }
+        let Some((upstream, action)) = rest.split_once('/') else {
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "use /admin/circuits/{upstream}/open|close|reset"}),
+            );
+        };
+        let route = query_param(req.uri().query(), "route");
+        let (status, body) =
+            circuits::force(&state.snapshots.load(), upstream, action, route.as_deref());
+        return json(status, &body);
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/admin/circuits") => {
+            json(StatusCode::OK, &circuits::list(&state.snapshots.load()))
+        }
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -76,6 +115,18 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    text(status, "application/json", body.to_string())
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

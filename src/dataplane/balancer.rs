@@ -39,11 +39,22 @@ impl Balancer {
 
     /// The index of the endpoint for the next attempt.
     pub fn pick(&self) -> usize {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.schedule
-            .get(n % self.schedule.len().max(1))
-            .copied()
-            .unwrap_or(0)
+        self.pick_available(|_| true)
+    }
+
+    /// The next endpoint in the schedule for which `available` holds; when none does, the
+    /// next one regardless (sending somewhere beats failing everything).
+    pub fn pick_available(&self, available: impl Fn(usize) -> bool) -> usize {
+        let len = self.schedule.len().max(1);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let first = self.schedule.get(start % len).copied().unwrap_or(0);
+        if available(first) {
+            return first;
+        }
+        (1..len)
+            .map(|k| self.schedule[(start + k) % len])
+            .find(|&i| available(i))
+            .unwrap_or(first)
     }
 }
 
@@ -89,6 +100,18 @@ mod tests {
         let b = Balancer::new(&[ep(0, 3), ep(0, 1)]);
         let picks: Vec<usize> = (0..8).map(|_| b.pick()).collect();
         assert_eq!(picks, vec![0, 0, 1, 0, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn unavailable_endpoints_are_skipped() {
+        let b = Balancer::new(&[ep(0, 1), ep(0, 1), ep(0, 1)]);
+        let picks: Vec<usize> = (0..4).map(|_| b.pick_available(|i| i != 1)).collect();
+        assert_eq!(picks, vec![0, 2, 2, 0]);
+        assert_eq!(
+            b.pick_available(|_| false),
+            1,
+            "nothing available: keep the schedule"
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@
 
 pub mod balancer;
 pub mod body;
+pub mod breaker_cell;
+pub mod bulkhead;
 pub mod client;
+pub mod ejection;
 pub mod forward;
 pub mod observe;
 pub mod outcome;

@@ -20,7 +20,14 @@ use super::forward;
 use super::outcome::Outcome;
 use super::rescue::ProxyError;
 use super::router;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::breaker_cell::Gate;
+use super::upstream::LiveUpstream;
 use crate::metrics::AttemptResult;
+use crate::policy::classify::{Call, CallResult, FailureSet};
 use crate::runtime::SnapshotHandle;
 
 /// Forwards requests of one downstream connection.
@@ -52,10 +59,70 @@ impl Proxy {
         outcome.route = Some(route_index);
         let route = &snapshot.config.routes[route_index];
         let upstream = &snapshot.upstreams[route.upstream];
-        let endpoint_index = upstream.balancer.pick();
-        let endpoint = &upstream.endpoints[endpoint_index];
-        outcome.endpoint = Some(endpoint_index);
+        let fail = |error: ProxyError, outcome: Outcome| {
+            finish(
+                error.to_response(Some(&route.name), Some(&upstream.name)),
+                outcome,
+                Some(error),
+            )
+        };
 
+        // Gates, cheapest refusal first: breaker (route-level, else upstream-level), bulkhead.
+        let breaker = snapshot.route_breakers[route_index]
+            .as_ref()
+            .or(upstream.breaker.as_ref());
+        let permit = match breaker.map(|b| b.admit(Instant::now())) {
+            Some(Gate::Reject { retry_after }) => {
+                return fail(ProxyError::CircuitOpen { retry_after }, outcome)
+            }
+            Some(Gate::Pass(permit)) => Some(permit),
+            None => None,
+        };
+        let Some(_slot) = upstream.bulkhead.try_enter() else {
+            return fail(ProxyError::Overloaded, outcome);
+        };
+
+        let endpoint_index = match &upstream.ejection {
+            Some(ejection) => {
+                let now = Instant::now();
+                upstream
+                    .balancer
+                    .pick_available(|i| ejection.is_available(i, now))
+            }
+            None => upstream.balancer.pick(),
+        };
+        outcome.endpoint = Some(endpoint_index);
+        let Some(request) = self.upstream_request(req, upstream, endpoint_index) else {
+            return fail(ProxyError::BadRequest, outcome);
+        };
+
+        outcome.attempts = 1;
+        let (call, response) = attempt(upstream, endpoint_index, request, route.timeout).await;
+        let now = Instant::now();
+        if let Some(permit) = permit {
+            permit.record(call, now);
+        }
+        if let Some(ejection) = &upstream.ejection {
+            let failure = upstream.breaker.as_ref().map_or_else(
+                || FailureSet::default().is_failure(call.result),
+                |b| b.failure_on().is_failure(call.result),
+            );
+            ejection.record(endpoint_index, failure, now);
+        }
+        match response {
+            Ok(response) => finish(response, outcome, None),
+            Err(error) => fail(error, outcome),
+        }
+    }
+
+    /// Rewrites the client's request for `endpoint` of `upstream`; `None` if its URI cannot be
+    /// rebuilt.
+    fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        upstream: &LiveUpstream,
+        endpoint: usize,
+    ) -> Option<Request<Incoming>> {
         let (mut parts, body) = req.into_parts();
         if !parts.headers.contains_key(header::HOST) {
             // HTTP/2 carries the host in the URI; HTTP/1.1 upstreams need the header.
@@ -73,60 +140,58 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = Uri::builder()
+        parts.uri = Uri::builder()
             .scheme(upstream.scheme.clone())
-            .authority(endpoint.authority.clone())
+            .authority(upstream.endpoints.get(endpoint)?.authority.clone())
             .path_and_query(path)
-            .build();
-        let Ok(uri) = uri else {
-            let error = ProxyError::BadRequest;
-            return finish(
-                error.to_response(Some(&route.name), Some(&upstream.name)),
-                outcome,
-                Some(error),
-            );
-        };
-        parts.uri = uri;
+            .build()
+            .ok()?;
         parts.version = Version::HTTP_11;
-
-        outcome.attempts = 1;
-        let sent = upstream.client.request(Request::from_parts(parts, body));
-        let (result, response) = match tokio::time::timeout(route.timeout, sent).await {
-            Ok(Ok(mut response)) => {
-                forward::strip_hop_by_hop(response.headers_mut());
-                let result = if response.status().is_server_error() {
-                    AttemptResult::Status5xx
-                } else {
-                    AttemptResult::Success
-                };
-                (
-                    result,
-                    Ok(response.map(|body| ProxyBody::Upstream { body })),
-                )
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(&e), "connect failed");
-                (
-                    AttemptResult::ConnectFailure,
-                    Err(ProxyError::ConnectFailed),
-                )
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream error");
-                (AttemptResult::Error, Err(ProxyError::UpstreamError))
-            }
-            Err(_elapsed) => (AttemptResult::Timeout, Err(ProxyError::Timeout)),
-        };
-        endpoint.metrics.attempt(result);
-        match response {
-            Ok(response) => finish(response, outcome, None),
-            Err(error) => finish(
-                error.to_response(Some(&route.name), Some(&upstream.name)),
-                outcome,
-                Some(error),
-            ),
-        }
+        Some(Request::from_parts(parts, body))
     }
+}
+
+/// Sends one attempt and classifies how it ended, counting it in the endpoint's metrics.
+async fn attempt(
+    upstream: &LiveUpstream,
+    endpoint_index: usize,
+    request: Request<Incoming>,
+    timeout: Duration,
+) -> (Call, Result<Response<ProxyBody>, ProxyError>) {
+    let endpoint = &upstream.endpoints[endpoint_index];
+    let started = Instant::now();
+    let sent = upstream.client.request(request);
+    let (result, response) = match tokio::time::timeout(timeout, sent).await {
+        Ok(Ok(mut response)) => {
+            forward::strip_hop_by_hop(response.headers_mut());
+            let status = response.status().as_u16();
+            (
+                CallResult::Status(status),
+                Ok(response.map(|body| ProxyBody::Upstream { body })),
+            )
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(&e), "connect failed");
+            (CallResult::ConnectFailure, Err(ProxyError::ConnectFailed))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream error");
+            (CallResult::Reset, Err(ProxyError::UpstreamError))
+        }
+        Err(_elapsed) => (CallResult::Timeout, Err(ProxyError::Timeout)),
+    };
+    endpoint.metrics.attempt(match result {
+        CallResult::Status(s) if s >= 500 => AttemptResult::Status5xx,
+        CallResult::Status(_) => AttemptResult::Success,
+        CallResult::ConnectFailure => AttemptResult::ConnectFailure,
+        CallResult::Timeout => AttemptResult::Timeout,
+        CallResult::Reset => AttemptResult::Error,
+    });
+    let call = Call {
+        result,
+        elapsed: started.elapsed(),
+    };
+    (call, response)
 }
 
 impl Service<Request<Incoming>> for Proxy {

@@ -28,6 +28,15 @@ pub enum ProxyError {
     /// The request cannot be forwarded as it is.
     #[error("the request is malformed")]
     BadRequest,
+    /// The circuit breaker is open: the upstream is failing and gets room to recover.
+    #[error("the circuit breaker for this upstream is open")]
+    CircuitOpen {
+        /// Until the next probe.
+        retry_after: std::time::Duration,
+    },
+    /// max_concurrent_requests is reached.
+    #[error("too many requests in flight to this upstream")]
+    Overloaded,
 }
 
 impl ProxyError {
@@ -39,6 +48,8 @@ impl ProxyError {
             ProxyError::Timeout => "upstream_timeout",
             ProxyError::UpstreamError => "upstream_error",
             ProxyError::BadRequest => "bad_request",
+            ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::Overloaded => "upstream_overloaded",
         }
     }
 
@@ -49,6 +60,9 @@ impl ProxyError {
             ProxyError::ConnectFailed | ProxyError::UpstreamError => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::CircuitOpen { .. } | ProxyError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -68,6 +82,11 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
+        if let ProxyError::CircuitOpen { retry_after } = self {
+            // Whole seconds, rounded up, at least 1: "0" would invite an immediate retry.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         response
     }
 }

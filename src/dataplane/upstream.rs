@@ -7,8 +7,13 @@
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 
+use std::sync::Arc;
+
 use super::balancer::Balancer;
+use super::breaker_cell::BreakerCell;
+use super::bulkhead::Bulkhead;
 use super::client::{self, ClientError, UpstreamClient};
+use super::ejection::EjectionCell;
 use crate::config::Upstream;
 use crate::metrics::handles::EndpointMetrics;
 use crate::metrics::Metrics;
@@ -39,6 +44,12 @@ pub struct LiveUpstream {
     pub client: UpstreamClient,
     /// Endpoint choice.
     pub balancer: Balancer,
+    /// Upstream-level circuit breaker.
+    pub breaker: Option<Arc<BreakerCell>>,
+    /// Outlier detection.
+    pub ejection: Option<Arc<EjectionCell>>,
+    /// In-flight accounting and limit.
+    pub bulkhead: Arc<Bulkhead>,
 }
 
 impl LiveUpstream {
@@ -67,6 +78,15 @@ impl LiveUpstream {
             host_header: config.host_header.clone(),
             client: client::build(config)?,
             balancer: Balancer::new(&config.endpoints),
+            breaker: config
+                .circuit_breaker
+                .clone()
+                .map(|b| BreakerCell::new(b, &config.name, "", metrics)),
+            ejection: config.outlier_detection.clone().map(|o| {
+                let addresses = config.endpoints.iter().map(|e| e.address.clone()).collect();
+                EjectionCell::new(o, &config.name, addresses, metrics)
+            }),
+            bulkhead: Bulkhead::new(&config.name, config.max_concurrent_requests, metrics),
         })
     }
 }

@@ -72,17 +72,42 @@ struct Families {
     duration: HistogramVec,
     attempts: IntCounterVec,
     in_flight: IntGauge,
+    circuit_state: IntGaugeVec,
+    circuit_transitions: IntCounterVec,
+    circuit_rejected: IntCounterVec,
+    endpoint_ejected: IntGaugeVec,
+    endpoint_ejections: IntCounterVec,
+    upstream_in_flight: IntGaugeVec,
+    overload_rejected: IntCounterVec,
+}
+
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
 }
 
 impl Metrics {
     /// Creates a fresh registry with every family registered.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(names::REQUESTS_TOTAL, "Requests answered by backstop."),
+        let r = &registry;
+        let requests = counters(
+            r,
+            names::REQUESTS_TOTAL,
+            "Requests answered by backstop.",
             &["route", "upstream", "method", "status"],
-        )
-        .expect("valid metric");
+        );
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 names::REQUEST_DURATION_SECONDS,
@@ -92,40 +117,93 @@ impl Metrics {
             &["route", "upstream"],
         )
         .expect("valid metric");
-        let attempts = IntCounterVec::new(
-            Opts::new(
-                names::UPSTREAM_ATTEMPTS_TOTAL,
-                "Attempts sent to upstream endpoints, by result.",
-            ),
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("metric names are unique");
+        let attempts = counters(
+            r,
+            names::UPSTREAM_ATTEMPTS_TOTAL,
+            "Attempts sent to upstream endpoints, by result.",
             &["upstream", "endpoint", "result"],
-        )
-        .expect("valid metric");
+        );
         let in_flight = IntGauge::new(names::REQUESTS_IN_FLIGHT, "Requests being served now.")
             .expect("valid metric");
-        let build = IntGaugeVec::new(
-            Opts::new(names::BUILD_INFO, "Build information; always 1."),
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("metric names are unique");
+        let build = gauges(
+            r,
+            names::BUILD_INFO,
+            "Build information; always 1.",
             &["version"],
-        )
-        .expect("valid metric");
+        );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(duration.clone()),
-            Box::new(attempts.clone()),
-            Box::new(in_flight.clone()),
-            Box::new(build),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
         Self(Arc::new(Families {
-            registry,
             requests,
             duration,
             attempts,
             in_flight,
+            circuit_state: gauges(r, names::CIRCUIT_STATE, "Circuit breaker state, one-hot over closed, open, half_open.", &["upstream", "route", "state"]),
+            circuit_transitions: counters(r, names::CIRCUIT_TRANSITIONS_TOTAL, "Circuit breaker state transitions.", &["upstream", "route", "from", "to"]),
+            circuit_rejected: counters(r, names::CIRCUIT_REJECTED_TOTAL, "Requests rejected (enforce) or that would have been rejected (shadow) by a breaker.", &["upstream", "route", "mode"]),
+            endpoint_ejected: gauges(r, names::ENDPOINT_EJECTED, "1 while outlier detection has the endpoint ejected.", &["upstream", "endpoint"]),
+            endpoint_ejections: counters(r, names::ENDPOINT_EJECTIONS_TOTAL, "Outlier ejections per endpoint.", &["upstream", "endpoint"]),
+            upstream_in_flight: gauges(r, names::UPSTREAM_IN_FLIGHT, "Requests in flight to the upstream.", &["upstream"]),
+            overload_rejected: counters(r, names::OVERLOAD_REJECTED_TOTAL, "Requests rejected by max_concurrent_requests.", &["upstream"]),
+            registry,
         }))
+    }
+
+    /// The one-hot state gauge of a breaker.
+    pub fn circuit_state(&self, upstream: &str, route: &str, state: &str) -> IntGauge {
+        self.0
+            .circuit_state
+            .with_label_values(&[upstream, route, state])
+    }
+
+    /// The transition counter of a breaker.
+    pub fn circuit_transitions(
+        &self,
+        upstream: &str,
+        route: &str,
+        from: &str,
+        to: &str,
+    ) -> prometheus::IntCounter {
+        self.0
+            .circuit_transitions
+            .with_label_values(&[upstream, route, from, to])
+    }
+
+    /// The rejection counter of a breaker in a mode.
+    pub fn circuit_rejected(
+        &self,
+        upstream: &str,
+        route: &str,
+        mode: &str,
+    ) -> prometheus::IntCounter {
+        self.0
+            .circuit_rejected
+            .with_label_values(&[upstream, route, mode])
+    }
+
+    /// The ejected gauge and the ejection counter of an endpoint.
+    pub fn ejection(&self, upstream: &str, endpoint: &str) -> (IntGauge, prometheus::IntCounter) {
+        (
+            self.0
+                .endpoint_ejected
+                .with_label_values(&[upstream, endpoint]),
+            self.0
+                .endpoint_ejections
+                .with_label_values(&[upstream, endpoint]),
+        )
+    }
+
+    /// The in-flight gauge and the overload counter of an upstream.
+    pub fn upstream_load(&self, upstream: &str) -> (IntGauge, prometheus::IntCounter) {
+        (
+            self.0.upstream_in_flight.with_label_values(&[upstream]),
+            self.0.overload_rejected.with_label_values(&[upstream]),
+        )
     }
 
     /// The registry, for modules that add their own families.

@@ -13,3 +13,17 @@ pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "backstop_upstream_attempts_total";
 pub const BUILD_INFO: &str = "backstop_build_info";
 /// Requests being served right now.
 pub const REQUESTS_IN_FLIGHT: &str = "backstop_requests_in_flight";
+/// One-hot breaker state by upstream, route ("" for upstream-level) and state.
+pub const CIRCUIT_STATE: &str = "backstop_circuit_state";
+/// Breaker transitions by upstream, route, from and to.
+pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "backstop_circuit_transitions_total";
+/// Requests a breaker rejected (enforce) or would have rejected (shadow).
+pub const CIRCUIT_REJECTED_TOTAL: &str = "backstop_circuit_rejected_total";
+/// 1 while an endpoint is ejected by outlier detection.
+pub const ENDPOINT_EJECTED: &str = "backstop_endpoint_ejected";
+/// Ejections per endpoint.
+pub const ENDPOINT_EJECTIONS_TOTAL: &str = "backstop_endpoint_ejections_total";
+/// Requests in flight to an upstream.
+pub const UPSTREAM_IN_FLIGHT: &str = "backstop_upstream_in_flight";
+/// Requests rejected by an upstream's max_concurrent_requests.
+pub const OVERLOAD_REJECTED_TOTAL: &str = "backstop_overload_rejected_total";

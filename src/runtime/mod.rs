@@ -9,6 +9,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use std::sync::Arc as StdArc;
+
+use crate::dataplane::breaker_cell::BreakerCell;
 use crate::dataplane::client::ClientError;
 use crate::dataplane::upstream::LiveUpstream;
 use crate::metrics::handles::RouteMetrics;
@@ -23,6 +26,8 @@ pub struct Snapshot {
     pub upstreams: Vec<LiveUpstream>,
     /// Metric handles per route, in the order of `config.routes`.
     pub route_metrics: Vec<RouteMetrics>,
+    /// Route-level breakers, in the order of `config.routes` (`None`: the upstream's applies).
+    pub route_breakers: Vec<Option<StdArc<BreakerCell>>>,
     /// Metric handles for requests no route took.
     pub no_route_metrics: RouteMetrics,
     /// 1 for the config loaded at startup, +1 per accepted reload.
@@ -42,7 +47,18 @@ impl Snapshot {
             .iter()
             .map(|r| RouteMetrics::new(metrics, &r.name, &config.upstreams[r.upstream].name))
             .collect();
+        let route_breakers = config
+            .routes
+            .iter()
+            .map(|r| {
+                let upstream = &config.upstreams[r.upstream].name;
+                r.circuit_breaker
+                    .clone()
+                    .map(|b| BreakerCell::new(b, upstream, &r.name, metrics))
+            })
+            .collect();
         Ok(Self {
+            route_breakers,
             no_route_metrics: RouteMetrics::new(metrics, "", ""),
             route_metrics,
             config,

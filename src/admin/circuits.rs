@@ -1,0 +1,60 @@
+//! `GET /admin/circuits` and `POST /admin/circuits/{upstream}/open|close|reset`.
+//!
+//! Forcing a breaker is an incident tool: "stop sending to the gateway now", or "we fixed it,
+//! close it". `?route=NAME` targets a route-level breaker instead of the upstream's.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use tokio::time::Instant;
+
+use crate::dataplane::breaker_cell::{BreakerCell, Force};
+use crate::runtime::Snapshot;
+
+/// Every breaker of the snapshot, upstream-level first.
+fn cells(snapshot: &Snapshot) -> impl Iterator<Item = &Arc<BreakerCell>> {
+    snapshot
+        .upstreams
+        .iter()
+        .filter_map(|u| u.breaker.as_ref())
+        .chain(snapshot.route_breakers.iter().flatten())
+}
+
+/// The JSON list of breakers.
+pub fn list(snapshot: &Snapshot) -> serde_json::Value {
+    let now = Instant::now();
+    serde_json::json!({ "circuits": cells(snapshot).map(|c| c.describe(now)).collect::<Vec<_>>() })
+}
+
+/// Applies `action` ("open", "close", "reset") to the breaker of `upstream` (and `route`).
+pub fn force(
+    snapshot: &Snapshot,
+    upstream: &str,
+    action: &str,
+    route: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let action = match action {
+        "open" => Force::Open,
+        "close" => Force::Close,
+        "reset" => Force::Reset,
+        other => {
+            let message = format!("unknown action {other:?}: expected open, close or reset");
+            return (
+                StatusCode::NOT_FOUND,
+                serde_json::json!({ "error": message }),
+            );
+        }
+    };
+    let route = route.unwrap_or("");
+    let Some(cell) = cells(snapshot).find(|c| c.upstream == upstream && c.route == route) else {
+        let message = format!("no circuit breaker for upstream {upstream:?} route {route:?}");
+        return (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": message }),
+        );
+    };
+    let now = Instant::now();
+    cell.force(action, now);
+    tracing::warn!(upstream, route, action = ?action, "circuit breaker forced through the admin API");
+    (StatusCode::OK, cell.describe(now))
+}
