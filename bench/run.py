@@ -11,7 +11,7 @@ machine hits all alike. Per round and target:
   - RSS of the proxy process after the load
 The medians over rounds are printed as a table with ratios to nginx.
 
-Usage: bench/run.py [--rounds 3] [--seconds 8] [--rate 4000] [--connections 32] [--config FILE]
+Usage: bench/run.py [--rounds 3] [--seconds 8] [--rate 4000] [--connections 32] [--variant NAME=FILE]...
 Installs wrk, nginx, haproxy (apt-get) and oha (cargo install) when missing.
 Only 127.0.0.1 is ever used; every run is bounded in time.
 """
@@ -141,7 +141,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rate", type=int, default=4000)
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--config", default=None, help="backstop config template ({backend} and {port} are filled in)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=FILE",
+                    help="an extra backstop target with this config template ({port}, {admin}, {backend} are filled in); repeatable")
     ap.add_argument("--only", default=None, help="comma-separated targets to run")
     args = ap.parse_args()
     ensure_tools()
@@ -177,17 +178,19 @@ backend be
   server s1 127.0.0.1:{backend_port}
 """)
     targets["haproxy"] = ([which("haproxy"), "-f", hcfg, "-db"], p)
-    p, admin = free_port(), free_port()
-    template = open(args.config).read() if args.config else """listen: 127.0.0.1:{port}
+    passthrough = """listen: 127.0.0.1:{port}
 admin: {{ listen: "127.0.0.1:{admin}" }}
 upstreams:
   be: {{ endpoints: [ {{ address: "127.0.0.1:{backend}" }} ] }}
 routes:
   - {{ name: bench, upstream: be, timeout: 5s }}
 """
-    bcfg = os.path.join(tmp, "backstop.yaml")
-    open(bcfg, "w").write(template.format(port=p, admin=admin, backend=backend_port))
-    targets["backstop"] = ([os.path.join(ROOT, "target/release/backstop"), "run", "-c", bcfg, "--workers", "1"], p)
+    variants = [("backstop", passthrough)] + [(v.split("=", 1)[0], open(v.split("=", 1)[1]).read()) for v in args.variant]
+    for vname, template in variants:
+        p, admin = free_port(), free_port()
+        bcfg = os.path.join(tmp, f"{vname}.yaml")
+        open(bcfg, "w").write(template.format(port=p, admin=admin, backend=backend_port))
+        targets[vname] = ([os.path.join(ROOT, "target/release/backstop"), "run", "-c", bcfg, "--workers", "1"], p)
     names = ["direct"] + list(targets)
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
@@ -229,6 +232,11 @@ routes:
     print(f"Medians of {args.rounds} interleaved rounds; closed loop wrk -t1 -c{args.connections} {args.seconds}s; open loop oha {args.rate} rps {args.seconds}s.")
     print("CPU is the proxy process's (for direct: the backend's) CPU per 1000 requests in the closed-loop run.")
     print()
+    if "backstop" in med:
+        print("Variants vs pass-through backstop: " + ", ".join(
+            f"{n} {med[n]['rps'] / med['backstop']['rps']:.3f}x rps, {med[n]['cpu'] / med['backstop']['cpu']:.3f}x CPU"
+            for n in names if n not in ("direct", "nginx", "haproxy", "backstop")) or "none")
+        print()
     print("| target | max rps | vs nginx | CPU ms / 1000 req | vs nginx | p50 ms @ rate | p99 ms @ rate | vs nginx p99 | RSS MiB | non-2xx |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in names:
