@@ -392,7 +392,52 @@ fn route(
             .circuit_breaker
             .as_ref()
             .and_then(|b| compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b)),
+        retry: raw
+            .retry
+            .as_ref()
+            .and_then(|r| compile_policy::retry(issues, &format!("{path}.retry"), r)),
+        failover: failover(issues, path, raw, upstreams),
     })
+}
+
+fn failover(
+    issues: &mut Issues,
+    path: &str,
+    raw: &RawRoute,
+    upstreams: &BTreeMap<String, RawUpstream>,
+) -> Vec<usize> {
+    let Some(list) = &raw.failover else {
+        return Vec::new();
+    };
+    let mut seen = HashSet::new();
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, name)| {
+            let fp = format!("{path}.failover[{i}]");
+            if name.value == raw.upstream.value || !seen.insert(name.value.as_str()) {
+                issues.at(
+                    &fp,
+                    name,
+                    format!(
+                        "upstream {:?} is already in this route's upstream or failover list",
+                        name.value
+                    ),
+                );
+                return None;
+            }
+            let index = upstreams.keys().position(|n| *n == name.value);
+            if index.is_none() {
+                let message = format!("unknown upstream {:?}", name.value);
+                match closest(&name.value, upstreams.keys().map(String::as_str)) {
+                    Some(near) => {
+                        issues.with_hint(&fp, name, message, format!("did you mean {near:?}?"))
+                    }
+                    None => issues.at(&fp, name, message),
+                }
+            }
+            index
+        })
+        .collect()
 }
 
 fn host_match(issues: &mut Issues, path: &str, raw: &validate::Text) -> Option<HostMatch> {

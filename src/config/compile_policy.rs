@@ -11,6 +11,7 @@ use super::validate::{closest, duration_or, percent, Issues};
 use crate::policy::breaker::{BreakerConfig, RateCondition};
 use crate::policy::classify::FailureSet;
 use crate::policy::outlier::OutlierConfig;
+use crate::policy::retry::{NonIdempotent, RetryOn, RetryPolicy};
 use crate::policy::Mode;
 
 const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(10);
@@ -257,4 +258,140 @@ pub(crate) fn outlier(issues: &mut Issues, path: &str, raw: &Spanned<RawOutlier>
         max_ejection,
         max_ejected,
     }
+}
+
+/// `retry:` on a route.
+pub(crate) fn retry(
+    issues: &mut Issues,
+    path: &str,
+    raw: &Spanned<crate::config::raw::RawRetry>,
+) -> Option<RetryPolicy> {
+    let r = &raw.value;
+    let attempts = match &r.attempts {
+        Some(a) if a.value == 0 || a.value > 10 => {
+            issues.at(
+                &format!("{path}.attempts"),
+                a,
+                format!("{} is out of range 1-10", a.value),
+            );
+            1
+        }
+        Some(a) => a.value,
+        None => 2,
+    };
+    let per_try_timeout = r
+        .per_try_timeout
+        .as_ref()
+        .and_then(|t| super::validate::duration(issues, &format!("{path}.per_try_timeout"), t));
+    let on = match &r.on {
+        None => RetryOn::parse([
+            "connect-failure",
+            "refused-stream",
+            "reset",
+            "timeout",
+            "502",
+            "503",
+            "504",
+        ])
+        .expect("default list parses"),
+        Some(items) => {
+            let names: Vec<&str> = items.iter().map(|i| i.value.as_str()).collect();
+            RetryOn::parse(names).unwrap_or_else(|bad| {
+                let (i, item) = items.iter().enumerate().find(|(_, i)| i.value.trim() == bad).expect("bad item is listed");
+                let message = format!("unknown retry condition {bad:?}: expected connect-failure, refused-stream, reset, timeout, 5xx or a status like 503");
+                let ip = format!("{path}.on[{i}]");
+                match closest(&bad, RetryOn::NAMES) {
+                    Some(near) => issues.with_hint(&ip, item, message, format!("did you mean {near:?}?")),
+                    None => issues.at(&ip, item, message),
+                }
+                RetryOn::default()
+            })
+        }
+    };
+    let backoff = r.backoff.as_ref();
+    let backoff_base = duration_or(
+        issues,
+        &format!("{path}.backoff.base"),
+        backoff.and_then(|b| b.base.as_ref()),
+        Duration::from_millis(25),
+        Duration::from_secs(60),
+    );
+    let backoff_max = duration_or(
+        issues,
+        &format!("{path}.backoff.max"),
+        backoff.and_then(|b| b.max.as_ref()),
+        Duration::from_secs(1).max(backoff_base),
+        Duration::from_secs(300),
+    );
+    if let Some(m) = backoff.and_then(|b| b.max.as_ref()) {
+        if backoff_max < backoff_base {
+            issues.at(
+                &format!("{path}.backoff.max"),
+                m,
+                "backoff.max is shorter than backoff.base".into(),
+            );
+        }
+    }
+    let budget = r.budget.as_ref();
+    let budget_ratio = budget
+        .and_then(|b| b.ratio.as_ref())
+        .and_then(|ratio| percent(issues, &format!("{path}.budget.ratio"), ratio))
+        .unwrap_or(0.2);
+    let budget_min_per_second = budget
+        .and_then(|b| b.min_per_second.as_ref())
+        .map_or(5, |m| m.value);
+    let non_idempotent = match r.non_idempotent.as_ref().map(|n| (n, n.value.trim())) {
+        None | Some((_, "unsent-only")) => NonIdempotent::UnsentOnly,
+        Some((_, "idempotency-key")) => NonIdempotent::IdempotencyKey,
+        Some((_, "never")) => NonIdempotent::Never,
+        Some((n, other)) => {
+            let message =
+                format!("unknown value {other:?}: expected unsent-only, idempotency-key or never");
+            match closest(other, ["unsent-only", "idempotency-key", "never"]) {
+                Some(near) => issues.with_hint(
+                    &format!("{path}.non_idempotent"),
+                    n,
+                    message,
+                    format!("did you mean {near:?}?"),
+                ),
+                None => issues.at(&format!("{path}.non_idempotent"), n, message),
+            }
+            NonIdempotent::UnsentOnly
+        }
+    };
+    let idempotency_header = match &r.idempotency_header {
+        None => http::HeaderName::from_static("idempotency-key"),
+        Some(h) => http::HeaderName::from_bytes(h.value.trim().as_bytes()).unwrap_or_else(|_| {
+            issues.at(
+                &format!("{path}.idempotency_header"),
+                h,
+                format!("invalid header name {:?}", h.value),
+            );
+            http::HeaderName::from_static("idempotency-key")
+        }),
+    };
+    let max_buffered_body = match &r.max_buffered_body {
+        Some(m) if m.value > 64 * 1024 * 1024 => {
+            issues.at(
+                &format!("{path}.max_buffered_body"),
+                m,
+                "more than 64 MiB kept per request is not a buffer, it is a memory leak".into(),
+            );
+            65536
+        }
+        Some(m) => m.value as usize,
+        None => 65536,
+    };
+    Some(RetryPolicy {
+        attempts,
+        per_try_timeout,
+        on,
+        backoff_base,
+        backoff_max,
+        budget_ratio,
+        budget_min_per_second,
+        non_idempotent,
+        idempotency_header,
+        max_buffered_body,
+    })
 }

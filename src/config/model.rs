@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue, Method};
 
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::outlier::OutlierConfig;
+use crate::policy::retry::RetryPolicy;
 
 /// A whole, valid config.
 #[derive(Debug, Clone)]
@@ -91,10 +92,14 @@ pub struct Route {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
-    /// Deadline for the response headers.
+    /// Total deadline for the response headers, across all attempts.
     pub timeout: Duration,
     /// Route-level breaker (keyed by route + upstream), replacing the upstream's for this route.
     pub circuit_breaker: Option<BreakerConfig>,
+    /// Retry policy; `None` means one attempt.
+    pub retry: Option<RetryPolicy>,
+    /// Indices into [`Config::upstreams`] to fail over to, in order.
+    pub failover: Vec<usize>,
 }
 
 /// How a route matches the request's host.

@@ -175,6 +175,52 @@ pub struct RawRoute {
     pub timeout: Option<Text>,
     /// A breaker for this route's traffic only, instead of the upstream's.
     pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
+    /// Retry policy.
+    pub retry: Option<Spanned<RawRetry>>,
+    /// Other upstreams to use, in order, when this route's upstream cannot take the request.
+    pub failover: Option<Vec<Text>>,
+}
+
+/// `retry:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Total attempts, the first included.
+    pub attempts: Option<Spanned<u32>>,
+    /// Deadline of each attempt.
+    pub per_try_timeout: Option<Text>,
+    /// Conditions that trigger a retry.
+    pub on: Option<Vec<Text>>,
+    /// Exponential back-off with full jitter.
+    pub backoff: Option<RawBackoff>,
+    /// Retry budget.
+    pub budget: Option<RawBudget>,
+    /// unsent-only | idempotency-key | never.
+    pub non_idempotent: Option<Text>,
+    /// Header carrying the idempotency key.
+    pub idempotency_header: Option<Text>,
+    /// Largest request body kept for replay, in bytes.
+    pub max_buffered_body: Option<Spanned<u64>>,
+}
+
+/// `backoff:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    /// First back-off ceiling.
+    pub base: Option<Text>,
+    /// Largest back-off.
+    pub max: Option<Text>,
+}
+
+/// `budget:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Share of requests, e.g. `20%`.
+    pub ratio: Option<Text>,
+    /// Retries always allowed per second.
+    pub min_per_second: Option<Spanned<u32>>,
 }
 
 /// `match:`

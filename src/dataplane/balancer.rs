@@ -1,60 +1,88 @@
 //! Which endpoint gets the next attempt.
 //!
-//! Smooth weighted round robin over the preferred (lowest) priority group: weights 3:1 give
-//! `a a b a` rather than `a a a b`, so a heavy endpoint never receives a burst. The schedule is
-//! computed once per config and the request path only bumps an atomic counter. Health,
-//! ejection and failover to the next priority group arrive with their policies and narrow the
-//! candidates before this choice.
+//! Endpoints are grouped by priority; lower priorities are preferred. Within a group, smooth
+//! weighted round robin: weights 3:1 give `a a b a` rather than `a a a b`, so a heavy endpoint
+//! never receives a burst. The schedules are computed once per config and the request path
+//! only bumps an atomic counter. The caller says which endpoints are available (healthy, not
+//! ejected, not already tried by this request); the first group with an available endpoint
+//! takes the attempt, which is how traffic fails over to priority 1 when priority 0 is down
+//! and comes back when it recovers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::Endpoint;
 
-/// Longest schedule kept; weights are scaled down proportionally beyond it.
+/// Longest schedule kept per group; weights are scaled down proportionally beyond it.
 const MAX_SCHEDULE: usize = 4096;
 
-/// A precomputed weighted round robin schedule over endpoint indices.
 #[derive(Debug)]
-pub struct Balancer {
+struct Group {
+    priority: u32,
     schedule: Vec<usize>,
     next: AtomicUsize,
 }
 
+/// Precomputed weighted round robin schedules, one per priority group.
+#[derive(Debug)]
+pub struct Balancer {
+    groups: Vec<Group>,
+}
+
 impl Balancer {
-    /// Builds the schedule for the lowest-priority group of `endpoints` (never empty after
-    /// validation).
+    /// Builds the schedules for `endpoints` (never empty after validation).
     pub fn new(endpoints: &[Endpoint]) -> Self {
-        let best = endpoints.iter().map(|e| e.priority).min().unwrap_or(0);
-        let group: Vec<(usize, u64)> = endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.priority == best)
-            .map(|(i, e)| (i, u64::from(e.weight.max(1))))
+        let mut priorities: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        let groups = priorities
+            .into_iter()
+            .map(|priority| {
+                let members: Vec<(usize, u64)> = endpoints
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.priority == priority)
+                    .map(|(i, e)| (i, u64::from(e.weight.max(1))))
+                    .collect();
+                Group {
+                    priority,
+                    schedule: smooth_wrr(&members),
+                    next: AtomicUsize::new(0),
+                }
+            })
             .collect();
-        Self {
-            schedule: smooth_wrr(&group),
-            next: AtomicUsize::new(0),
-        }
+        Self { groups }
     }
 
-    /// The index of the endpoint for the next attempt.
+    /// The next endpoint of the preferred group, ignoring availability.
     pub fn pick(&self) -> usize {
-        self.pick_available(|_| true)
+        self.groups
+            .first()
+            .map_or(0, |g| g.next_from(|_| true).unwrap_or(0))
     }
 
-    /// The next endpoint in the schedule for which `available` holds; when none does, the
-    /// next one regardless (sending somewhere beats failing everything).
-    pub fn pick_available(&self, available: impl Fn(usize) -> bool) -> usize {
-        let len = self.schedule.len().max(1);
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let first = self.schedule.get(start % len).copied().unwrap_or(0);
-        if available(first) {
-            return first;
+    /// The next available endpoint of the first group that has one, with its priority.
+    pub fn pick_available(&self, available: impl Fn(usize) -> bool) -> Option<(usize, u32)> {
+        self.groups
+            .iter()
+            .find_map(|g| g.next_from(&available).map(|i| (i, g.priority)))
+    }
+
+    /// The preferred priority.
+    pub fn first_priority(&self) -> u32 {
+        self.groups.first().map_or(0, |g| g.priority)
+    }
+}
+
+impl Group {
+    fn next_from(&self, available: impl Fn(usize) -> bool) -> Option<usize> {
+        let len = self.schedule.len();
+        if len == 0 {
+            return None;
         }
-        (1..len)
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..len)
             .map(|k| self.schedule[(start + k) % len])
             .find(|&i| available(i))
-            .unwrap_or(first)
     }
 }
 
@@ -105,19 +133,27 @@ mod tests {
     #[test]
     fn unavailable_endpoints_are_skipped() {
         let b = Balancer::new(&[ep(0, 1), ep(0, 1), ep(0, 1)]);
-        let picks: Vec<usize> = (0..4).map(|_| b.pick_available(|i| i != 1)).collect();
+        let picks: Vec<usize> = (0..4)
+            .map(|_| b.pick_available(|i| i != 1).unwrap().0)
+            .collect();
         assert_eq!(picks, vec![0, 2, 2, 0]);
-        assert_eq!(
-            b.pick_available(|_| false),
-            1,
-            "nothing available: keep the schedule"
-        );
+        assert_eq!(b.pick_available(|_| false), None);
     }
 
     #[test]
-    fn only_the_preferred_priority_gets_traffic() {
+    fn lower_priorities_take_traffic_only_when_the_preferred_group_is_unavailable() {
         let b = Balancer::new(&[ep(1, 1), ep(0, 1), ep(0, 1)]);
         let picks: Vec<usize> = (0..4).map(|_| b.pick()).collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
+        assert_eq!(
+            b.pick_available(|i| i == 0),
+            Some((0, 1)),
+            "priority 0 down: priority 1"
+        );
+        assert_eq!(
+            b.pick_available(|_| true).map(|p| p.1),
+            Some(0),
+            "back to priority 0"
+        );
     }
 }

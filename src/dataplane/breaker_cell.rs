@@ -179,6 +179,11 @@ impl BreakerCell {
 }
 
 impl Permit {
+    /// What counts as a failure for the breaker that issued this permit.
+    pub fn failure_on(&self) -> &FailureSet {
+        &self.cell.failure_on
+    }
+
     /// Records the outcome of the call this permit admitted.
     pub fn record(mut self, call: Call, now: Instant) {
         self.done = true;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
+use super::request_body::RequestBody;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -17,7 +17,7 @@ use rustls::ClientConfig;
 use crate::config::{Tls, Upstream};
 
 /// The client type every upstream uses.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]

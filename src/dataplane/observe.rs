@@ -82,11 +82,16 @@ where
                 .as_ref()
                 .map_or(("", ""), |o| (o.route_name(), o.upstream_name()));
             let status = response.status().as_u16();
-            match &outcome {
-                Some(o) => o.route_metrics().observe(&method, status, elapsed),
-                None => metrics
-                    .requests_handle(route, upstream, &method, status)
-                    .inc(),
+            match outcome.as_ref().and_then(|o| o.route_metrics()) {
+                Some(handles) => handles.observe(&method, status, elapsed),
+                None => {
+                    metrics
+                        .requests_handle(route, upstream, &method, status)
+                        .inc();
+                    metrics
+                        .duration_handle(route, upstream)
+                        .observe(elapsed.as_secs_f64());
+                }
             }
             if let Some(path) = path {
                 tracing::info!(
@@ -101,6 +106,7 @@ where
                     duration_ms = elapsed.as_secs_f64() * 1000.0,
                     attempts = outcome.as_ref().map_or(0, |o| o.attempts),
                     reason = outcome.as_ref().and_then(|o| o.reason).unwrap_or(""),
+                    note = outcome.as_ref().and_then(|o| o.note).unwrap_or(""),
                     "request"
                 );
             }

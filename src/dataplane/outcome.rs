@@ -16,12 +16,16 @@ pub struct Outcome {
     pub snapshot: Arc<Snapshot>,
     /// Index of the matched route.
     pub route: Option<usize>,
-    /// Index of the endpoint of the last attempt within the route's upstream.
+    /// Index of the upstream of the last attempt (the route's, or a failover upstream).
+    pub upstream: Option<usize>,
+    /// Index of the endpoint of the last attempt within that upstream.
     pub endpoint: Option<usize>,
     /// Attempts sent upstream.
     pub attempts: u32,
     /// Why backstop answered itself, if it did.
     pub reason: Option<&'static str>,
+    /// Why a retry was not made, for the access log (e.g. `retry_budget_exhausted`).
+    pub note: Option<&'static str>,
 }
 
 impl Outcome {
@@ -30,17 +34,32 @@ impl Outcome {
         Self {
             snapshot,
             route: None,
+            upstream: None,
             endpoint: None,
             attempts: 0,
             reason: None,
+            note: None,
         }
     }
 
-    /// The metric handles of the matched route, or of "no route".
-    pub fn route_metrics(&self) -> &RouteMetrics {
-        self.route
-            .and_then(|r| self.snapshot.route_metrics.get(r))
-            .unwrap_or(&self.snapshot.no_route_metrics)
+    /// The metric handles of the matched route, or of "no route". `None` when a failover
+    /// upstream answered: its label set is not precomputed.
+    pub fn route_metrics(&self) -> Option<&RouteMetrics> {
+        let Some(route) = self.route else {
+            return Some(&self.snapshot.no_route_metrics);
+        };
+        let configured = self.snapshot.config.routes.get(route)?.upstream;
+        if self.upstream.is_some_and(|u| u != configured) {
+            return None;
+        }
+        self.snapshot.route_metrics.get(route)
+    }
+
+    fn live_upstream(&self) -> Option<&crate::dataplane::upstream::LiveUpstream> {
+        let route = self.snapshot.config.routes.get(self.route?)?;
+        self.snapshot
+            .upstreams
+            .get(self.upstream.unwrap_or(route.upstream))
     }
 
     /// Route name, or "" when none matched.
@@ -50,21 +69,14 @@ impl Outcome {
             .map_or("", |r| r.name.as_str())
     }
 
-    /// Upstream name, or "".
+    /// Name of the upstream that took the last attempt (else the route's), or "".
     pub fn upstream_name(&self) -> &str {
-        self.route
-            .and_then(|r| self.snapshot.config.routes.get(r))
-            .and_then(|r| self.snapshot.upstreams.get(r.upstream))
-            .map_or("", |u| u.name.as_str())
+        self.live_upstream().map_or("", |u| u.name.as_str())
     }
 
     /// Endpoint address of the last attempt, or "".
     pub fn endpoint_address(&self) -> &str {
-        let upstream = self
-            .route
-            .and_then(|r| self.snapshot.config.routes.get(r))
-            .and_then(|r| self.snapshot.upstreams.get(r.upstream));
-        match (upstream, self.endpoint) {
+        match (self.live_upstream(), self.endpoint) {
             (Some(u), Some(e)) => u.endpoints.get(e).map_or("", |e| e.address.as_str()),
             _ => "",
         }

@@ -1,34 +1,46 @@
-//! The innermost service: match a route, pick an endpoint, forward, classify the result.
+//! The innermost service: match a route, then send attempts until one answers or the rules say
+//! stop.
 //!
-//! It never fails as a service (`Error = Infallible`): every failure becomes a response through
-//! [`ProxyError::to_response`], and the [`Outcome`] it attaches tells the outer layers what
-//! happened.
+//! Each attempt goes to a [`target::choose`]n upstream and endpoint. After it, the outcome feeds
+//! the breaker and outlier detection, and [`retry::decide`] says whether another attempt is
+//! safe and useful; the retry budget, the total deadline and the replayability of the body can
+//! still refuse it. The service never fails (`Error = Infallible`): every failure becomes a
+//! response through [`ProxyError::to_response`], and the [`Outcome`] it attaches tells the
+//! outer layers what happened.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 use tower::Service;
 
 use super::body::ProxyBody;
 use super::forward;
 use super::outcome::Outcome;
+use super::replay::ReplayBody;
+use super::request_body::RequestBody;
 use super::rescue::ProxyError;
 use super::router;
-use std::time::Duration;
-
-use tokio::time::Instant;
-
-use super::breaker_cell::Gate;
+use super::target::{self, Target};
 use super::upstream::LiveUpstream;
 use crate::metrics::AttemptResult;
-use crate::policy::classify::{Call, CallResult, FailureSet};
-use crate::runtime::SnapshotHandle;
+use crate::policy::classify::{Call, CallResult};
+use crate::policy::retry::{self, RequestKind, Stop};
+use crate::runtime::{Snapshot, SnapshotHandle};
+
+/// Header set on a response when a non-idempotent request may or may not have been delivered.
+pub const OUTCOME_HEADER: &str = "x-backstop-outcome";
+
+/// No attempt starts with less time than this left before the deadline.
+const MIN_ATTEMPT: Duration = Duration::from_millis(10);
 
 /// Forwards requests of one downstream connection.
 #[derive(Debug, Clone)]
@@ -36,6 +48,32 @@ pub struct Proxy {
     snapshots: SnapshotHandle,
     /// The client's address as an `x-forwarded-for` entry, formatted once per connection.
     client: HeaderValue,
+}
+
+/// Where the request body for each attempt comes from.
+enum Source {
+    /// Sent once, as is.
+    Once(Option<Incoming>),
+    /// Kept for replay.
+    Replay(ReplayBody),
+}
+
+impl Source {
+    fn next(&mut self) -> Option<RequestBody> {
+        match self {
+            Source::Once(body) => body.take().map(|body| RequestBody::Direct { body }),
+            Source::Replay(body) => Some(RequestBody::Replay {
+                body: body.replay(),
+            }),
+        }
+    }
+
+    fn can_replay(&self) -> bool {
+        match self {
+            Source::Once(body) => body.is_some(),
+            Source::Replay(body) => body.can_replay(),
+        }
+    }
 }
 
 impl Proxy {
@@ -47,6 +85,7 @@ impl Proxy {
     }
 
     async fn forward(self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
         let snapshot = self.snapshots.load();
         let mut outcome = Outcome::new(snapshot.clone());
         let Some(route_index) = router::find(&snapshot.config.routes, &req) else {
@@ -58,104 +97,235 @@ impl Proxy {
         };
         outcome.route = Some(route_index);
         let route = &snapshot.config.routes[route_index];
-        let upstream = &snapshot.upstreams[route.upstream];
-        let fail = |error: ProxyError, outcome: Outcome| {
-            finish(
-                error.to_response(Some(&route.name), Some(&upstream.name)),
-                outcome,
-                Some(error),
-            )
-        };
+        let policy = route.retry.as_ref();
 
-        // Gates, cheapest refusal first: breaker (route-level, else upstream-level), bulkhead.
-        let breaker = snapshot.route_breakers[route_index]
-            .as_ref()
-            .or(upstream.breaker.as_ref());
-        let permit = match breaker.map(|b| b.admit(Instant::now())) {
-            Some(Gate::Reject { retry_after }) => {
-                return fail(ProxyError::CircuitOpen { retry_after }, outcome)
-            }
-            Some(Gate::Pass(permit)) => Some(permit),
-            None => None,
+        let (mut parts, body) = req.into_parts();
+        self.prepare_headers(&mut parts);
+        let kind = match policy {
+            Some(p) => retry::request_kind(&parts.method, &parts.headers, p),
+            None if is_idempotent(&parts.method) => RequestKind::Idempotent,
+            None => RequestKind::NonIdempotent,
         };
-        let Some(_slot) = upstream.bulkhead.try_enter() else {
-            return fail(ProxyError::Overloaded, outcome);
+        let replayable = policy.is_some_and(|p| p.attempts > 1) || !route.failover.is_empty();
+        let mut source = if replayable {
+            let limit = policy.map_or(65536, |p| p.max_buffered_body);
+            Source::Replay(ReplayBody::new(body, limit))
+        } else {
+            Source::Once(Some(body))
         };
-
-        let endpoint_index = match &upstream.ejection {
-            Some(ejection) => {
-                let now = Instant::now();
-                upstream
-                    .balancer
-                    .pick_available(|i| ejection.is_available(i, now))
-            }
-            None => upstream.balancer.pick(),
-        };
-        outcome.endpoint = Some(endpoint_index);
-        let Some(request) = self.upstream_request(req, upstream, endpoint_index) else {
-            return fail(ProxyError::BadRequest, outcome);
-        };
-
-        outcome.attempts = 1;
-        let (call, response) = attempt(upstream, endpoint_index, request, route.timeout).await;
-        let now = Instant::now();
-        if let Some(permit) = permit {
-            permit.record(call, now);
+        if let Some(budget) = &snapshot.route_budgets[route_index] {
+            lock(budget).deposit(started);
         }
-        if let Some(ejection) = &upstream.ejection {
-            let failure = upstream.breaker.as_ref().map_or_else(
-                || FailureSet::default().is_failure(call.result),
-                |b| b.failure_on().is_failure(call.result),
-            );
-            ejection.record(endpoint_index, failure, now);
-        }
-        match response {
-            Ok(response) => finish(response, outcome, None),
-            Err(error) => fail(error, outcome),
+
+        let deadline = started + route.timeout;
+        let mut tried: Vec<(usize, usize)> = Vec::new();
+        let mut attempt_number = 0;
+        loop {
+            attempt_number += 1;
+            let now = Instant::now();
+            let target = match target::choose(&snapshot, route_index, &tried, now) {
+                Ok(target) => target,
+                Err(error) => {
+                    return self.fail(&snapshot, route_index, route.upstream, error, outcome)
+                }
+            };
+            let (upstream_index, endpoint_index) = (target.upstream, target.endpoint);
+            if upstream_index != route.upstream {
+                let from = &snapshot.upstreams[route.upstream].name;
+                snapshot.metrics.failover(
+                    &route.name,
+                    from,
+                    &snapshot.upstreams[upstream_index].name,
+                );
+            }
+            outcome.upstream = Some(upstream_index);
+            outcome.endpoint = Some(endpoint_index);
+            outcome.attempts = attempt_number;
+            let upstream = &snapshot.upstreams[upstream_index];
+            let remaining = deadline.saturating_duration_since(now);
+            let per_try = policy
+                .and_then(|p| p.per_try_timeout)
+                .map_or(remaining, |t| t.min(remaining));
+            let last_attempt = !replayable;
+            let request_parts = if last_attempt {
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            } else {
+                parts.clone()
+            };
+            let Some(request) = source
+                .next()
+                .and_then(|body| upstream_request(request_parts, body, upstream, endpoint_index))
+            else {
+                return self.fail(
+                    &snapshot,
+                    route_index,
+                    upstream_index,
+                    ProxyError::BadRequest,
+                    outcome,
+                );
+            };
+            let (call, response) = send(upstream, endpoint_index, request, per_try).await;
+            record(&snapshot, target, call);
+
+            let Err(error) = &response else {
+                let response = response.expect("checked Ok");
+                match self
+                    .retry_decision(
+                        &snapshot,
+                        route_index,
+                        kind,
+                        call,
+                        attempt_number,
+                        &source,
+                        deadline,
+                        &response,
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        tried.push((upstream_index, endpoint_index));
+                        continue;
+                    }
+                    Err(note) => {
+                        outcome.note = note;
+                        return finish(response, outcome, None);
+                    }
+                }
+            };
+            let error = *error;
+            let empty = Response::new(ProxyBody::local(bytes::Bytes::new()));
+            match self
+                .retry_decision(
+                    &snapshot,
+                    route_index,
+                    kind,
+                    call,
+                    attempt_number,
+                    &source,
+                    deadline,
+                    &empty,
+                )
+                .await
+            {
+                Ok(()) => tried.push((upstream_index, endpoint_index)),
+                Err(note) => {
+                    outcome.note = note;
+                    let mut response =
+                        self.fail(&snapshot, route_index, upstream_index, error, outcome);
+                    if kind.non_idempotent_method() && retry::outcome_unknown(call.result) {
+                        response
+                            .headers_mut()
+                            .insert(OUTCOME_HEADER, HeaderValue::from_static("unknown"));
+                        snapshot
+                            .metrics
+                            .outcome_unknown(&route.name, &upstream.name);
+                    }
+                    return response;
+                }
+            }
         }
     }
 
-    /// Rewrites the client's request for `endpoint` of `upstream`; `None` if its URI cannot be
-    /// rebuilt.
-    fn upstream_request(
+    /// Decides whether to send another attempt and, if so, waits out the back-off. `Err` means
+    /// answer with what we have, with a note for the access log when a rule refused a retry.
+    #[allow(clippy::too_many_arguments)]
+    async fn retry_decision(
         &self,
-        req: Request<Incoming>,
-        upstream: &LiveUpstream,
-        endpoint: usize,
-    ) -> Option<Request<Incoming>> {
-        let (mut parts, body) = req.into_parts();
+        snapshot: &Snapshot,
+        route_index: usize,
+        kind: RequestKind,
+        call: Call,
+        attempt: u32,
+        source: &Source,
+        deadline: Instant,
+        response: &Response<ProxyBody>,
+    ) -> Result<(), Option<&'static str>> {
+        let route = &snapshot.config.routes[route_index];
+        let policy = route.retry.as_ref().ok_or(None)?;
+        let reason = match retry::decide(policy, kind, call.result, attempt) {
+            Ok(reason) => reason,
+            Err(Stop::MaybeDelivered) => return Err(Some("not_retried_maybe_delivered")),
+            Err(Stop::Exhausted) => return Err(Some("retries_exhausted")),
+            Err(_) => return Err(None),
+        };
+        if !source.can_replay() {
+            return Err(Some("not_retried_body_too_large"));
+        }
+        let budget = snapshot.route_budgets[route_index].as_ref().ok_or(None)?;
+        if !lock(budget).withdraw(Instant::now()) {
+            snapshot.metrics.budget_exhausted(&route.name);
+            return Err(Some("retry_budget_exhausted"));
+        }
+        let wait = retry::backoff(policy, attempt, retry_after(response), rand::random());
+        if Instant::now() + wait + MIN_ATTEMPT > deadline {
+            return Err(Some("no_time_left_for_retry"));
+        }
+        snapshot.metrics.retry(&route.name, reason);
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    fn fail(
+        &self,
+        snapshot: &Snapshot,
+        route: usize,
+        upstream: usize,
+        error: ProxyError,
+        mut outcome: Outcome,
+    ) -> Response<ProxyBody> {
+        let route_name = &snapshot.config.routes[route].name;
+        let upstream_name = &snapshot.upstreams[upstream].name;
+        outcome.upstream.get_or_insert(upstream);
+        finish(
+            error.to_response(Some(route_name), Some(upstream_name)),
+            outcome,
+            Some(error),
+        )
+    }
+
+    /// Rewrites the client's headers once for all attempts.
+    fn prepare_headers(&self, parts: &mut Parts) {
         if !parts.headers.contains_key(header::HOST) {
             // HTTP/2 carries the host in the URI; HTTP/1.1 upstreams need the header.
             if let Some(value) = parts.uri.authority().and_then(|a| a.as_str().parse().ok()) {
                 parts.headers.insert(header::HOST, value);
             }
         }
-        if let Some(host) = &upstream.host_header {
-            parts.headers.insert(header::HOST, host.clone());
-        }
         forward::strip_hop_by_hop(&mut parts.headers);
         forward::add_forwarded(&mut parts.headers, &self.client);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.endpoints.get(endpoint)?.authority.clone())
-            .path_and_query(path)
-            .build()
-            .ok()?;
-        parts.version = Version::HTTP_11;
-        Some(Request::from_parts(parts, body))
     }
 }
 
+/// The request for `endpoint` of `upstream`; `None` if its URI cannot be rebuilt.
+fn upstream_request(
+    mut parts: Parts,
+    body: RequestBody,
+    upstream: &LiveUpstream,
+    endpoint: usize,
+) -> Option<Request<RequestBody>> {
+    if let Some(host) = &upstream.host_header {
+        parts.headers.insert(header::HOST, host.clone());
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.endpoints.get(endpoint)?.authority.clone())
+        .path_and_query(path)
+        .build()
+        .ok()?;
+    parts.version = Version::HTTP_11;
+    Some(Request::from_parts(parts, body))
+}
+
 /// Sends one attempt and classifies how it ended, counting it in the endpoint's metrics.
-async fn attempt(
+async fn send(
     upstream: &LiveUpstream,
     endpoint_index: usize,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     timeout: Duration,
 ) -> (Call, Result<Response<ProxyBody>, ProxyError>) {
     let endpoint = &upstream.endpoints[endpoint_index];
@@ -187,11 +357,53 @@ async fn attempt(
         CallResult::Timeout => AttemptResult::Timeout,
         CallResult::Reset => AttemptResult::Error,
     });
-    let call = Call {
-        result,
-        elapsed: started.elapsed(),
-    };
-    (call, response)
+    (
+        Call {
+            result,
+            elapsed: started.elapsed(),
+        },
+        response,
+    )
+}
+
+/// Feeds an attempt's outcome to the breaker and outlier detection; frees the bulkhead slot.
+fn record(snapshot: &Snapshot, target: Target, call: Call) {
+    let now = Instant::now();
+    let upstream = &snapshot.upstreams[target.upstream];
+    let failure_set = target.permit.as_ref().map(|p| p.failure_on().clone());
+    if let Some(permit) = target.permit {
+        permit.record(call, now);
+    }
+    if let Some(ejection) = &upstream.ejection {
+        let failure = failure_set.unwrap_or_default().is_failure(call.result);
+        ejection.record(target.endpoint, failure, now);
+    }
+    drop(target.slot);
+}
+
+/// The upstream's Retry-After in seconds, if it sent one.
+fn retry_after(response: &Response<ProxyBody>) -> Option<Duration> {
+    let secs: u64 = response
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Service<Request<Incoming>> for Proxy {

@@ -27,6 +27,15 @@ pub struct LiveEndpoint {
     pub authority: Authority,
     /// Attempt counters.
     pub metrics: EndpointMetrics,
+    /// Set by active health checks; true until a check says otherwise.
+    pub healthy: std::sync::atomic::AtomicBool,
+}
+
+impl LiveEndpoint {
+    /// Whether active health checks consider it healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// An upstream ready to take requests.
@@ -65,6 +74,7 @@ impl LiveUpstream {
                     .parse()
                     .expect("validated host:port is a valid authority"),
                 metrics: EndpointMetrics::new(metrics, &config.name, &e.address),
+                healthy: std::sync::atomic::AtomicBool::new(true),
             })
             .collect();
         Ok(Self {

@@ -79,6 +79,12 @@ struct Families {
     endpoint_ejections: IntCounterVec,
     upstream_in_flight: IntGaugeVec,
     overload_rejected: IntCounterVec,
+    retries: IntCounterVec,
+    budget_exhausted: IntCounterVec,
+    outcome_unknown: IntCounterVec,
+    failover: IntCounterVec,
+    endpoint_healthy: IntGaugeVec,
+    health_checks: IntCounterVec,
 }
 
 fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -150,6 +156,12 @@ impl Metrics {
             endpoint_ejections: counters(r, names::ENDPOINT_EJECTIONS_TOTAL, "Outlier ejections per endpoint.", &["upstream", "endpoint"]),
             upstream_in_flight: gauges(r, names::UPSTREAM_IN_FLIGHT, "Requests in flight to the upstream.", &["upstream"]),
             overload_rejected: counters(r, names::OVERLOAD_REJECTED_TOTAL, "Requests rejected by max_concurrent_requests.", &["upstream"]),
+            retries: counters(r, names::RETRIES_TOTAL, "Retries by route and triggering condition.", &["route", "reason"]),
+            budget_exhausted: counters(r, names::RETRY_BUDGET_EXHAUSTED_TOTAL, "Retries refused by the retry budget.", &["route"]),
+            outcome_unknown: counters(r, names::OUTCOME_UNKNOWN_TOTAL, "Non-idempotent requests that failed after being sent and were not retried.", &["route", "upstream"]),
+            failover: counters(r, names::FAILOVER_TOTAL, "Attempts sent to a failover upstream.", &["route", "from", "to"]),
+            endpoint_healthy: gauges(r, names::ENDPOINT_HEALTHY, "1 while active health checks consider the endpoint healthy.", &["upstream", "endpoint"]),
+            health_checks: counters(r, names::HEALTH_CHECKS_TOTAL, "Active health checks by result.", &["upstream", "endpoint", "result"]),
             registry,
         }))
     }
@@ -195,6 +207,47 @@ impl Metrics {
             self.0
                 .endpoint_ejections
                 .with_label_values(&[upstream, endpoint]),
+        )
+    }
+
+    /// Counts a retry.
+    pub fn retry(&self, route: &str, reason: &str) {
+        self.0.retries.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Counts a retry refused by the budget.
+    pub fn budget_exhausted(&self, route: &str) {
+        self.0.budget_exhausted.with_label_values(&[route]).inc();
+    }
+
+    /// Counts an unknown outcome.
+    pub fn outcome_unknown(&self, route: &str, upstream: &str) {
+        self.0
+            .outcome_unknown
+            .with_label_values(&[route, upstream])
+            .inc();
+    }
+
+    /// Counts an attempt sent to a failover upstream.
+    pub fn failover(&self, route: &str, from: &str, to: &str) {
+        self.0.failover.with_label_values(&[route, from, to]).inc();
+    }
+
+    /// The health gauge and the check counters (success, failure) of an endpoint.
+    pub fn health(
+        &self,
+        upstream: &str,
+        endpoint: &str,
+    ) -> (IntGauge, [prometheus::IntCounter; 2]) {
+        (
+            self.0
+                .endpoint_healthy
+                .with_label_values(&[upstream, endpoint]),
+            ["success", "failure"].map(|r| {
+                self.0
+                    .health_checks
+                    .with_label_values(&[upstream, endpoint, r])
+            }),
         )
     }
 

@@ -27,3 +27,15 @@ pub const ENDPOINT_EJECTIONS_TOTAL: &str = "backstop_endpoint_ejections_total";
 pub const UPSTREAM_IN_FLIGHT: &str = "backstop_upstream_in_flight";
 /// Requests rejected by an upstream's max_concurrent_requests.
 pub const OVERLOAD_REJECTED_TOTAL: &str = "backstop_overload_rejected_total";
+/// Retries by route and the condition that triggered them.
+pub const RETRIES_TOTAL: &str = "backstop_retries_total";
+/// Retries refused by the route's retry budget.
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "backstop_retry_budget_exhausted_total";
+/// Non-idempotent requests that failed after being sent and were not retried.
+pub const OUTCOME_UNKNOWN_TOTAL: &str = "backstop_outcome_unknown_total";
+/// Attempts sent to a failover upstream instead of the route's own.
+pub const FAILOVER_TOTAL: &str = "backstop_failover_total";
+/// 1 while active health checks consider the endpoint healthy.
+pub const ENDPOINT_HEALTHY: &str = "backstop_endpoint_healthy";
+/// Active health checks by result (success, failure).
+pub const HEALTH_CHECKS_TOTAL: &str = "backstop_health_checks_total";

@@ -6,6 +6,8 @@
 pub mod breaker;
 pub mod classify;
 pub mod outlier;
+pub mod retry;
+pub mod retry_budget;
 
 /// enforce: act on decisions. shadow: count and log what would have happened, act on nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

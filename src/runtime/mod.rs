@@ -16,6 +16,7 @@ use crate::dataplane::client::ClientError;
 use crate::dataplane::upstream::LiveUpstream;
 use crate::metrics::handles::RouteMetrics;
 use crate::metrics::Metrics;
+use crate::policy::retry_budget::RetryBudget;
 
 /// A compiled config with its live upstreams.
 #[derive(Debug)]
@@ -28,6 +29,10 @@ pub struct Snapshot {
     pub route_metrics: Vec<RouteMetrics>,
     /// Route-level breakers, in the order of `config.routes` (`None`: the upstream's applies).
     pub route_breakers: Vec<Option<StdArc<BreakerCell>>>,
+    /// Retry budgets, in the order of `config.routes` (`None` without a retry policy).
+    pub route_budgets: Vec<Option<std::sync::Mutex<RetryBudget>>>,
+    /// The metrics, for the rare paths (retries, failover) that count by label.
+    pub metrics: Metrics,
     /// Metric handles for requests no route took.
     pub no_route_metrics: RouteMetrics,
     /// 1 for the config loaded at startup, +1 per accepted reload.
@@ -57,7 +62,23 @@ impl Snapshot {
                     .map(|b| BreakerCell::new(b, upstream, &r.name, metrics))
             })
             .collect();
+        let route_budgets = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.retry.as_ref().map(|p| {
+                    let budget = RetryBudget::new(
+                        p.budget_ratio,
+                        p.budget_min_per_second,
+                        tokio::time::Instant::now(),
+                    );
+                    std::sync::Mutex::new(budget)
+                })
+            })
+            .collect();
         Ok(Self {
+            route_budgets,
+            metrics: metrics.clone(),
             route_breakers,
             no_route_metrics: RouteMetrics::new(metrics, "", ""),
             route_metrics,

@@ -1,0 +1,121 @@
+//! Where the next attempt goes: which upstream (the route's, else its failover list) and which
+//! endpoint, past the breaker and the bulkhead.
+//!
+//! An upstream can take an attempt when its breaker admits it, its bulkhead has room, and it
+//! has an available endpoint: healthy, not ejected, and not already tried by this request. The
+//! route's upstream is asked first, then each `failover` upstream in order. When none can, the
+//! answer is the first refusal (circuit open beats overloaded) so the client learns why.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::breaker_cell::{BreakerCell, Gate, Permit};
+use super::bulkhead::Slot;
+use super::rescue::ProxyError;
+use super::upstream::LiveUpstream;
+use crate::runtime::Snapshot;
+
+/// A chosen endpoint with the permits that admit the attempt.
+#[derive(Debug)]
+pub struct Target {
+    /// Index into the snapshot's upstreams.
+    pub upstream: usize,
+    /// Index into that upstream's endpoints.
+    pub endpoint: usize,
+    /// The breaker's permit, when the upstream has a breaker.
+    pub permit: Option<Permit>,
+    /// The bulkhead slot; held until the response headers arrive.
+    pub slot: Slot,
+}
+
+/// Chooses the target for the next attempt of a request on `route`, avoiding `tried`
+/// (upstream, endpoint) pairs.
+pub fn choose(
+    snapshot: &Snapshot,
+    route: usize,
+    tried: &[(usize, usize)],
+    now: Instant,
+) -> Result<Target, ProxyError> {
+    let config = &snapshot.config.routes[route];
+    let candidates = std::iter::once(config.upstream).chain(config.failover.iter().copied());
+    let mut refusal = None;
+    let mut fallback = None;
+    for (n, u) in candidates.enumerate() {
+        let upstream = &snapshot.upstreams[u];
+        let breaker: Option<&Arc<BreakerCell>> = match n {
+            0 => snapshot.route_breakers[route]
+                .as_ref()
+                .or(upstream.breaker.as_ref()),
+            _ => upstream.breaker.as_ref(),
+        };
+        let Some(endpoint) = pick(upstream, u, tried, now) else {
+            fallback.get_or_insert(u);
+            continue;
+        };
+        let permit = match breaker.map(|b| b.admit(now)) {
+            Some(Gate::Reject { retry_after }) => {
+                refusal.get_or_insert(ProxyError::CircuitOpen { retry_after });
+                continue;
+            }
+            Some(Gate::Pass(permit)) => Some(permit),
+            None => None,
+        };
+        let Some(slot) = upstream.bulkhead.try_enter() else {
+            refusal.get_or_insert(ProxyError::Overloaded);
+            continue;
+        };
+        return Ok(Target {
+            upstream: u,
+            endpoint,
+            permit,
+            slot,
+        });
+    }
+    if let Some(error) = refusal {
+        return Err(error);
+    }
+    // No available endpoint anywhere (all down, ejected or tried): rather than fail, send to
+    // the route's upstream by its schedule, still through its breaker and bulkhead.
+    let u = fallback.unwrap_or(config.upstream);
+    let upstream = &snapshot.upstreams[u];
+    let breaker = if u == config.upstream {
+        snapshot.route_breakers[route]
+            .as_ref()
+            .or(upstream.breaker.as_ref())
+    } else {
+        upstream.breaker.as_ref()
+    };
+    let permit = match breaker.map(|b| b.admit(now)) {
+        Some(Gate::Reject { retry_after }) => return Err(ProxyError::CircuitOpen { retry_after }),
+        Some(Gate::Pass(permit)) => Some(permit),
+        None => None,
+    };
+    let slot = upstream
+        .bulkhead
+        .try_enter()
+        .ok_or(ProxyError::Overloaded)?;
+    Ok(Target {
+        upstream: u,
+        endpoint: upstream.balancer.pick(),
+        permit,
+        slot,
+    })
+}
+
+fn pick(
+    upstream: &LiveUpstream,
+    u: usize,
+    tried: &[(usize, usize)],
+    now: Instant,
+) -> Option<usize> {
+    let available = |e: usize| {
+        upstream.endpoints[e].is_healthy()
+            && upstream
+                .ejection
+                .as_ref()
+                .is_none_or(|x| x.is_available(e, now))
+            && !tried.contains(&(u, e))
+    };
+    upstream.balancer.pick_available(available).map(|(e, _)| e)
+}
