@@ -247,7 +247,7 @@ async fn weighted_round_robin_spreads_by_weight() {
         Backend::start(Behaviour::Echo).await,
     );
     let yaml = format!(
-        "upstreams:\n  svc:\n    endpoints:\n      - {{ address: \"{}\", weight: 3 }}\n      - {{ address: \"{}\", weight: 1 }}\nroutes:\n  - {{ name: all, upstream: svc }}\n",
+        "upstreams:\n  svc:\n    endpoints:\n      - {{ address: \"{}\", weight: 3 }}\n      - {{ address: \"{}\", weight: 1 }}\n    load_balancing: round_robin\nroutes:\n  - {{ name: all, upstream: svc }}\n",
         a.addr, b.addr
     );
     let app = proxy(&yaml).await;

@@ -177,6 +177,15 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
             .outlier_detection
             .as_ref()
             .map(|o| compile_policy::outlier(issues, &format!("{path}.outlier_detection"), o)),
+        load_balancing: compile_policy::load_balancing(
+            issues,
+            &format!("{path}.load_balancing"),
+            raw.load_balancing.as_ref(),
+        ),
+        health_check: raw
+            .health_check
+            .as_ref()
+            .map(|h| compile_policy::health_check(issues, &format!("{path}.health_check"), h)),
     }
 }
 

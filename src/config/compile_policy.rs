@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::raw::{RawCircuitBreaker, RawOutlier, RawRate};
+use super::model::{HealthCheck, LoadBalancing};
+use super::raw::{RawCircuitBreaker, RawHealthCheck, RawOutlier, RawRate};
 use super::validate::{closest, duration_or, percent, Issues};
 use crate::policy::breaker::{BreakerConfig, RateCondition};
 use crate::policy::classify::FailureSet;
@@ -394,4 +395,123 @@ pub(crate) fn retry(
         idempotency_header,
         max_buffered_body,
     })
+}
+
+/// `load_balancing:` (default p2c_ewma).
+pub(crate) fn load_balancing(
+    issues: &mut Issues,
+    path: &str,
+    raw: Option<&Spanned<String>>,
+) -> LoadBalancing {
+    const NAMES: [&str; 3] = ["p2c_ewma", "round_robin", "least_request"];
+    match raw.map(|r| (r, r.value.trim())) {
+        None | Some((_, "p2c_ewma")) => LoadBalancing::P2cEwma,
+        Some((_, "round_robin")) => LoadBalancing::RoundRobin,
+        Some((_, "least_request")) => LoadBalancing::LeastRequest,
+        Some((r, other)) => {
+            let message = format!(
+                "unknown load balancing {other:?}: expected p2c_ewma, round_robin or least_request"
+            );
+            match closest(other, NAMES) {
+                Some(near) => issues.with_hint(path, r, message, format!("did you mean {near:?}?")),
+                None => issues.at(path, r, message),
+            }
+            LoadBalancing::P2cEwma
+        }
+    }
+}
+
+/// `health_check:` on an upstream.
+pub(crate) fn health_check(
+    issues: &mut Issues,
+    path: &str,
+    raw: &Spanned<RawHealthCheck>,
+) -> HealthCheck {
+    let h = &raw.value;
+    let check_path = match &h.path {
+        Some(p) if p.value.starts_with('/') => p.value.parse().unwrap_or_else(|_| {
+            issues.at(
+                &format!("{path}.path"),
+                p,
+                format!("invalid path {:?}", p.value),
+            );
+            http::uri::PathAndQuery::from_static("/")
+        }),
+        Some(p) => {
+            issues.at(
+                &format!("{path}.path"),
+                p,
+                format!("path {:?} must start with '/'", p.value),
+            );
+            http::uri::PathAndQuery::from_static("/")
+        }
+        None => http::uri::PathAndQuery::from_static("/health"),
+    };
+    let interval = duration_or(
+        issues,
+        &format!("{path}.interval"),
+        h.interval.as_ref(),
+        Duration::from_secs(5),
+        HOUR,
+    );
+    let timeout = duration_or(
+        issues,
+        &format!("{path}.timeout"),
+        h.timeout.as_ref(),
+        Duration::from_secs(1),
+        HOUR,
+    );
+    let threshold =
+        |issues: &mut Issues, name: &str, raw: &Option<Spanned<u32>>, default: u32| match raw {
+            Some(n) if n.value == 0 || n.value > 100 => {
+                issues.at(
+                    &format!("{path}.{name}"),
+                    n,
+                    format!("{} is out of range 1-100", n.value),
+                );
+                default
+            }
+            Some(n) => n.value,
+            None => default,
+        };
+    let healthy_threshold = threshold(issues, "healthy_threshold", &h.healthy_threshold, 2);
+    let unhealthy_threshold = threshold(issues, "unhealthy_threshold", &h.unhealthy_threshold, 3);
+    let expect_status = match &h.expect_status {
+        None => vec![(200, 299)],
+        Some(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let parse = |s: &str| {
+                    s.trim()
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|c| (100..=599).contains(c))
+                };
+                let range = match item.value.split_once('-') {
+                    Some((lo, hi)) => parse(lo).zip(parse(hi)).filter(|(lo, hi)| lo <= hi),
+                    None => parse(&item.value).map(|c| (c, c)),
+                };
+                if range.is_none() {
+                    issues.at(
+                        &format!("{path}.expect_status[{i}]"),
+                        item,
+                        format!(
+                            "invalid status {:?}: expected a code like 200 or a range like 200-299",
+                            item.value
+                        ),
+                    );
+                }
+                range
+            })
+            .collect(),
+    };
+    HealthCheck {
+        path: check_path,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+        expect_status,
+    }
 }

@@ -53,6 +53,38 @@ pub struct Upstream {
     pub circuit_breaker: Option<BreakerConfig>,
     /// Passive per-endpoint ejection.
     pub outlier_detection: Option<OutlierConfig>,
+    /// How an endpoint is chosen within a priority group.
+    pub load_balancing: LoadBalancing,
+    /// Active health checks.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// How an endpoint is chosen within a priority group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalancing {
+    /// Power of two random choices on peak-EWMA latency x in-flight, divided by weight.
+    P2cEwma,
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Power of two random choices on in-flight requests, divided by weight.
+    LeastRequest,
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path to GET.
+    pub path: http::uri::PathAndQuery,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Deadline of one check.
+    pub timeout: Duration,
+    /// Successes in a row that make an endpoint healthy.
+    pub healthy_threshold: u32,
+    /// Failures in a row that make an endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Inclusive status ranges that count as healthy.
+    pub expect_status: Vec<(u16, u16)>,
 }
 
 /// One address of an upstream.

@@ -62,6 +62,28 @@ pub struct RawUpstream {
     pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
     /// Passive per-endpoint ejection.
     pub outlier_detection: Option<Spanned<RawOutlier>>,
+    /// p2c_ewma | round_robin | least_request.
+    pub load_balancing: Option<Text>,
+    /// Active health checks.
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+/// `health_check:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path to GET.
+    pub path: Option<Text>,
+    /// Time between checks.
+    pub interval: Option<Text>,
+    /// Deadline of one check.
+    pub timeout: Option<Text>,
+    /// Successes in a row that make an endpoint healthy.
+    pub healthy_threshold: Option<Spanned<u32>>,
+    /// Failures in a row that make an endpoint unhealthy.
+    pub unhealthy_threshold: Option<Spanned<u32>>,
+    /// Statuses that count as healthy: `200-299`, `204`.
+    pub expect_status: Option<Vec<Text>>,
 }
 
 /// `circuit_breaker:` on an upstream or a route.

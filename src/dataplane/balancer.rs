@@ -7,10 +7,15 @@
 //! ejected, not already tried by this request); the first group with an available endpoint
 //! takes the attempt, which is how traffic fails over to priority 1 when priority 0 is down
 //! and comes back when it recovers.
+//!
+//! Within a group, `round_robin` follows the schedule; `p2c_ewma` (the default) and
+//! `least_request` draw two random available endpoints and take the one with the lower cost
+//! (peak-EWMA latency x (in-flight + 1) / weight, or (in-flight + 1) / weight): a slow or busy
+//! endpoint sheds load at once, without a global scan or lock.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::config::Endpoint;
+use crate::config::{Endpoint, LoadBalancing};
 
 /// Longest schedule kept per group; weights are scaled down proportionally beyond it.
 const MAX_SCHEDULE: usize = 4096;
@@ -19,18 +24,20 @@ const MAX_SCHEDULE: usize = 4096;
 struct Group {
     priority: u32,
     schedule: Vec<usize>,
+    members: Vec<usize>,
     next: AtomicUsize,
 }
 
-/// Precomputed weighted round robin schedules, one per priority group.
+/// Precomputed schedules, one per priority group, and the choice rule.
 #[derive(Debug)]
 pub struct Balancer {
     groups: Vec<Group>,
+    mode: LoadBalancing,
 }
 
 impl Balancer {
     /// Builds the schedules for `endpoints` (never empty after validation).
-    pub fn new(endpoints: &[Endpoint]) -> Self {
+    pub fn new(endpoints: &[Endpoint], mode: LoadBalancing) -> Self {
         let mut priorities: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
         priorities.sort_unstable();
         priorities.dedup();
@@ -46,11 +53,12 @@ impl Balancer {
                 Group {
                     priority,
                     schedule: smooth_wrr(&members),
+                    members: members.iter().map(|(i, _)| *i).collect(),
                     next: AtomicUsize::new(0),
                 }
             })
             .collect();
-        Self { groups }
+        Self { groups, mode }
     }
 
     /// The next endpoint of the preferred group, ignoring availability.
@@ -61,10 +69,26 @@ impl Balancer {
     }
 
     /// The next available endpoint of the first group that has one, with its priority.
-    pub fn pick_available(&self, available: impl Fn(usize) -> bool) -> Option<(usize, u32)> {
-        self.groups
-            .iter()
-            .find_map(|g| g.next_from(&available).map(|i| (i, g.priority)))
+    /// `cost` is consulted by the power-of-two-choices modes: lower is better.
+    pub fn pick_available(
+        &self,
+        available: impl Fn(usize) -> bool,
+        cost: impl Fn(usize) -> f64,
+    ) -> Option<(usize, u32)> {
+        self.groups.iter().find_map(|g| {
+            let chosen = match self.mode {
+                LoadBalancing::RoundRobin => g.next_from(&available),
+                LoadBalancing::P2cEwma | LoadBalancing::LeastRequest => {
+                    g.two_choices(&available, &cost)
+                }
+            };
+            chosen.map(|i| (i, g.priority))
+        })
+    }
+
+    /// The choice rule.
+    pub fn mode(&self) -> LoadBalancing {
+        self.mode
     }
 
     /// The preferred priority.
@@ -74,6 +98,26 @@ impl Balancer {
 }
 
 impl Group {
+    fn two_choices(
+        &self,
+        available: impl Fn(usize) -> bool,
+        cost: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
+        let n = self.members.len();
+        if n == 1 {
+            return Some(self.members[0]).filter(|&i| available(i));
+        }
+        let a = rand::random_range(0..n);
+        let b = (a + 1 + rand::random_range(0..n - 1)) % n;
+        let (a, b) = (self.members[a], self.members[b]);
+        match (available(a), available(b)) {
+            (true, true) => Some(if cost(b) < cost(a) { b } else { a }),
+            (true, false) => Some(a),
+            (false, true) => Some(b),
+            (false, false) => self.next_from(available),
+        }
+    }
+
     fn next_from(&self, available: impl Fn(usize) -> bool) -> Option<usize> {
         let len = self.schedule.len();
         if len == 0 {
@@ -125,35 +169,57 @@ mod tests {
 
     #[test]
     fn weights_are_interleaved() {
-        let b = Balancer::new(&[ep(0, 3), ep(0, 1)]);
+        let b = Balancer::new(&[ep(0, 3), ep(0, 1)], LoadBalancing::RoundRobin);
         let picks: Vec<usize> = (0..8).map(|_| b.pick()).collect();
         assert_eq!(picks, vec![0, 0, 1, 0, 0, 0, 1, 0]);
     }
 
     #[test]
     fn unavailable_endpoints_are_skipped() {
-        let b = Balancer::new(&[ep(0, 1), ep(0, 1), ep(0, 1)]);
+        let b = Balancer::new(&[ep(0, 1), ep(0, 1), ep(0, 1)], LoadBalancing::RoundRobin);
         let picks: Vec<usize> = (0..4)
-            .map(|_| b.pick_available(|i| i != 1).unwrap().0)
+            .map(|_| b.pick_available(|i| i != 1, |_| 0.0).unwrap().0)
             .collect();
         assert_eq!(picks, vec![0, 2, 2, 0]);
-        assert_eq!(b.pick_available(|_| false), None);
+        assert_eq!(b.pick_available(|_| false, |_| 0.0), None);
     }
 
     #[test]
     fn lower_priorities_take_traffic_only_when_the_preferred_group_is_unavailable() {
-        let b = Balancer::new(&[ep(1, 1), ep(0, 1), ep(0, 1)]);
+        for mode in [LoadBalancing::RoundRobin, LoadBalancing::P2cEwma] {
+            let b = Balancer::new(&[ep(1, 1), ep(0, 1), ep(0, 1)], mode);
+            assert_eq!(
+                b.pick_available(|i| i == 0, |_| 0.0),
+                Some((0, 1)),
+                "priority 0 down: priority 1"
+            );
+            assert_eq!(
+                b.pick_available(|_| true, |_| 0.0).map(|p| p.1),
+                Some(0),
+                "back to priority 0"
+            );
+        }
+        let b = Balancer::new(&[ep(1, 1), ep(0, 1), ep(0, 1)], LoadBalancing::RoundRobin);
         let picks: Vec<usize> = (0..4).map(|_| b.pick()).collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn two_choices_prefer_the_cheaper_endpoint() {
+        let b = Balancer::new(&[ep(0, 1), ep(0, 1)], LoadBalancing::P2cEwma);
+        for _ in 0..20 {
+            assert_eq!(
+                b.pick_available(|_| true, |i| if i == 0 { 5.0 } else { 1.0 })
+                    .unwrap()
+                    .0,
+                1
+            );
+        }
         assert_eq!(
-            b.pick_available(|i| i == 0),
-            Some((0, 1)),
-            "priority 0 down: priority 1"
-        );
-        assert_eq!(
-            b.pick_available(|_| true).map(|p| p.1),
-            Some(0),
-            "back to priority 0"
+            b.pick_available(|i| i == 0, |i| if i == 0 { 5.0 } else { 1.0 })
+                .unwrap()
+                .0,
+            0
         );
     }
 }

@@ -11,6 +11,8 @@ pub mod bulkhead;
 pub mod client;
 pub mod ejection;
 pub mod forward;
+pub mod health;
+pub mod load;
 pub mod observe;
 pub mod outcome;
 pub mod proxy;

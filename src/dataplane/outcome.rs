@@ -60,6 +60,7 @@ impl Outcome {
         self.snapshot
             .upstreams
             .get(self.upstream.unwrap_or(route.upstream))
+            .map(|u| &**u)
     }
 
     /// Route name, or "" when none matched.

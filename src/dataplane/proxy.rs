@@ -330,6 +330,7 @@ async fn send(
 ) -> (Call, Result<Response<ProxyBody>, ProxyError>) {
     let endpoint = &upstream.endpoints[endpoint_index];
     let started = Instant::now();
+    let in_flight = endpoint.load.start();
     let sent = upstream.client.request(request);
     let (result, response) = match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(mut response)) => {
@@ -350,6 +351,14 @@ async fn send(
         }
         Err(_elapsed) => (CallResult::Timeout, Err(ProxyError::Timeout)),
     };
+    drop(in_flight);
+    let elapsed = started.elapsed();
+    if let CallResult::Status(_) = result {
+        endpoint.load.observe(elapsed);
+    } else {
+        // A failure is as bad as the slowest answer: make the endpoint expensive for a while.
+        endpoint.load.observe(elapsed.max(Duration::from_secs(1)));
+    }
     endpoint.metrics.attempt(match result {
         CallResult::Status(s) if s >= 500 => AttemptResult::Status5xx,
         CallResult::Status(_) => AttemptResult::Success,
@@ -357,13 +366,7 @@ async fn send(
         CallResult::Timeout => AttemptResult::Timeout,
         CallResult::Reset => AttemptResult::Error,
     });
-    (
-        Call {
-            result,
-            elapsed: started.elapsed(),
-        },
-        response,
-    )
+    (Call { result, elapsed }, response)
 }
 
 /// Feeds an attempt's outcome to the breaker and outlier detection; frees the bulkhead slot.

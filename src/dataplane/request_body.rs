@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::replay::ReplayBody;
@@ -16,13 +17,15 @@ use super::replay::ReplayBody;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project_lite::pin_project! {
-    /// A request body for one attempt. `Direct` is the client's body; `Replay` a copy of it.
+    /// A request body for one attempt. `Direct` is the client's body; `Replay` a copy of it;
+    /// `Local` one backstop made (health checks).
     #[allow(missing_docs)]
     #[project = RequestBodyProj]
     #[derive(Debug)]
     pub enum RequestBody {
         Direct { #[pin] body: Incoming },
         Replay { #[pin] body: ReplayBody },
+        Local { #[pin] body: Full<Bytes> },
     }
 }
 
@@ -37,6 +40,7 @@ impl Body for RequestBody {
         match self.project() {
             RequestBodyProj::Direct { body } => body.poll_frame(cx).map_err(Into::into),
             RequestBodyProj::Replay { body } => body.poll_frame(cx).map_err(Into::into),
+            RequestBodyProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
         }
     }
 
@@ -44,6 +48,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Direct { body } => body.is_end_stream(),
             RequestBody::Replay { body } => body.is_end_stream(),
+            RequestBody::Local { body } => body.is_end_stream(),
         }
     }
 
@@ -51,6 +56,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Direct { body } => body.size_hint(),
             RequestBody::Replay { body } => body.size_hint(),
+            RequestBody::Local { body } => body.size_hint(),
         }
     }
 }

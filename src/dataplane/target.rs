@@ -117,5 +117,10 @@ fn pick(
                 .is_none_or(|x| x.is_available(e, now))
             && !tried.contains(&(u, e))
     };
-    upstream.balancer.pick_available(available).map(|(e, _)| e)
+    let mode = upstream.balancer.mode();
+    let cost = |e: usize| upstream.endpoints[e].load.cost(mode);
+    upstream
+        .balancer
+        .pick_available(available, cost)
+        .map(|(e, _)| e)
 }

@@ -29,6 +29,8 @@ pub struct LiveEndpoint {
     pub metrics: EndpointMetrics,
     /// Set by active health checks; true until a check says otherwise.
     pub healthy: std::sync::atomic::AtomicBool,
+    /// In-flight and latency, for the balancer.
+    pub load: super::load::EndpointLoad,
 }
 
 impl LiveEndpoint {
@@ -75,6 +77,7 @@ impl LiveUpstream {
                     .expect("validated host:port is a valid authority"),
                 metrics: EndpointMetrics::new(metrics, &config.name, &e.address),
                 healthy: std::sync::atomic::AtomicBool::new(true),
+                load: super::load::EndpointLoad::new(e.weight),
             })
             .collect();
         Ok(Self {
@@ -87,7 +90,7 @@ impl LiveUpstream {
             },
             host_header: config.host_header.clone(),
             client: client::build(config)?,
-            balancer: Balancer::new(&config.endpoints),
+            balancer: Balancer::new(&config.endpoints, config.load_balancing),
             breaker: config
                 .circuit_breaker
                 .clone()

@@ -5,6 +5,7 @@
 
 pub mod breaker;
 pub mod classify;
+pub mod health;
 pub mod outlier;
 pub mod retry;
 pub mod retry_budget;

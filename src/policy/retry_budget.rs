@@ -1,11 +1,11 @@
 //! The retry budget: retries may not exceed a share of requests, over a sliding window.
 //!
 //! Every request deposits `ratio` of a token; a retry withdraws one whole token. On top of that,
-//! `min_per_second` tokens accrue per second (continuously, never in advance), so a quiet route
-//! can still retry. Deposits and withdrawals older than the window expire. So with a backend
-//! failing every request, attempts stay below
-//! `requests x (1 + ratio) + min_per_second x seconds`: a brown-out is not multiplied into an
-//! outage by retries.
+//! `min_per_second` tokens accrue per second, continuously, starting with one second's worth so
+//! that a process that just started can retry its first failures. Deposits and withdrawals
+//! older than the window expire. So with a backend failing every request, attempts stay below
+//! `requests x (1 + ratio) + min_per_second x (seconds + 1)`: a brown-out is not multiplied
+//! into an outage by retries.
 
 use std::time::Duration;
 
@@ -69,7 +69,8 @@ impl RetryBudget {
             .iter()
             .filter(|s| live(s))
             .fold((0u64, 0u64), |(r, t), s| (r + s.requests, t + s.retries));
-        let accrued = self.min_per_second * elapsed.min(WINDOW).as_secs_f64();
+        let accrued =
+            self.min_per_second * (elapsed + Duration::from_secs(1)).min(WINDOW).as_secs_f64();
         let tokens = self.ratio * requests as f64 + accrued - retries as f64;
         if tokens >= 1.0 {
             self.slot(now).retries += 1;
@@ -97,13 +98,14 @@ mod tests {
     }
 
     #[test]
-    fn min_per_second_accrues_and_never_in_advance() {
+    fn min_per_second_starts_with_one_second_and_accrues() {
         let t0 = Instant::now();
         let mut b = RetryBudget::new(0.0, 5, t0);
-        assert!(!b.withdraw(t0), "nothing accrued yet");
+        let granted = (0..10).filter(|_| b.withdraw(t0)).count();
+        assert_eq!(granted, 5, "one second's worth at start");
         let later = t0 + Duration::from_secs(1);
         let granted = (0..10).filter(|_| b.withdraw(later)).count();
-        assert_eq!(granted, 5);
+        assert_eq!(granted, 5, "five more a second later");
     }
 
     #[test]

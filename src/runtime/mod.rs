@@ -24,7 +24,9 @@ pub struct Snapshot {
     /// The config it was built from.
     pub config: Config,
     /// Live upstreams, in the order of `config.upstreams`.
-    pub upstreams: Vec<LiveUpstream>,
+    pub upstreams: Vec<StdArc<LiveUpstream>>,
+    /// Active health check tasks; dropped (and stopped) with the snapshot.
+    pub health_checks: Vec<crate::dataplane::health::Checkers>,
     /// Metric handles per route, in the order of `config.routes`.
     pub route_metrics: Vec<RouteMetrics>,
     /// Route-level breakers, in the order of `config.routes` (`None`: the upstream's applies).
@@ -45,8 +47,18 @@ impl Snapshot {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| LiveUpstream::build(u, metrics))
-            .collect::<Result<_, _>>()?;
+            .map(|u| LiveUpstream::build(u, metrics).map(StdArc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let health_checks = config
+            .upstreams
+            .iter()
+            .zip(&upstreams)
+            .filter_map(|(c, live)| {
+                c.health_check
+                    .as_ref()
+                    .map(|h| crate::dataplane::health::start(live, h, metrics))
+            })
+            .collect();
         let route_metrics = config
             .routes
             .iter()
@@ -77,6 +89,7 @@ impl Snapshot {
             })
             .collect();
         Ok(Self {
+            health_checks,
             route_budgets,
             metrics: metrics.clone(),
             route_breakers,

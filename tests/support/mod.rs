@@ -42,7 +42,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     behaviour: Arc<Mutex<Behaviour>>,
-    last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    script: Arc<Mutex<std::collections::VecDeque<Behaviour>>>,
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
 }
 
 impl Backend {
@@ -52,7 +53,8 @@ impl Backend {
             addr: listener.local_addr().unwrap(),
             hits: Arc::default(),
             behaviour: Arc::new(Mutex::new(behaviour)),
-            last_headers: Arc::default(),
+            script: Arc::default(),
+            seen: Arc::default(),
         };
         let b = backend.clone();
         tokio::spawn(async move {
@@ -76,23 +78,35 @@ impl Backend {
         *self.behaviour.lock().unwrap() = behaviour;
     }
 
+    /// The next requests get these behaviours, one each, before the standing one applies again.
+    pub fn script(&self, behaviours: Vec<Behaviour>) {
+        self.script.lock().unwrap().extend(behaviours);
+    }
+
+    /// Headers of every request received, in order.
+    pub fn seen(&self) -> Vec<HeaderMap> {
+        self.seen.lock().unwrap().clone()
+    }
+
     /// Requests that reached this backend (counted when the request head arrived).
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
     pub fn last_headers(&self) -> HeaderMap {
-        self.last_headers
+        self.seen
             .lock()
             .unwrap()
-            .clone()
+            .last()
+            .cloned()
             .expect("the backend saw a request")
     }
 
     async fn handle(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
         self.hits.fetch_add(1, Ordering::SeqCst);
-        *self.last_headers.lock().unwrap() = Some(req.headers().clone());
-        let behaviour = self.behaviour.lock().unwrap().clone();
+        self.seen.lock().unwrap().push(req.headers().clone());
+        let scripted = self.script.lock().unwrap().pop_front();
+        let behaviour = scripted.unwrap_or_else(|| self.behaviour.lock().unwrap().clone());
         let (parts, body) = req.into_parts();
         let body = body
             .collect()
