@@ -332,7 +332,7 @@ async fn outlier_ejection_shifts_traffic_to_healthy_endpoints() {
         Backend::start(Behaviour::Echo).await,
     );
     let yaml = format!(
-        "upstreams:\n  agency:\n    endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}]\n    outlier_detection: {{ consecutive_failures: 2, base_ejection: 60s }}\nroutes:\n  - {{ name: r, upstream: agency }}\n",
+        "upstreams:\n  agency:\n    endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}]\n    load_balancing: round_robin\n    outlier_detection: {{ consecutive_failures: 2, base_ejection: 60s }}\nroutes:\n  - {{ name: r, upstream: agency }}\n",
         bad.addr, good.addr
     );
     let app = proxy(&yaml).await;
@@ -365,7 +365,7 @@ async fn outlier_ejection_respects_max_ejected() {
         Backend::start(Behaviour::Status(503)).await,
     );
     let yaml = format!(
-        "upstreams:\n  agency:\n    endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}]\n    outlier_detection: {{ consecutive_failures: 1, max_ejected: 50% }}\nroutes:\n  - {{ name: r, upstream: agency }}\n",
+        "upstreams:\n  agency:\n    endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}]\n    load_balancing: round_robin\n    outlier_detection: {{ consecutive_failures: 1, max_ejected: 50% }}\nroutes:\n  - {{ name: r, upstream: agency }}\n",
         a.addr, b.addr
     );
     let app = proxy(&yaml).await;

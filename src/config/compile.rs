@@ -14,7 +14,7 @@ use super::compile_policy;
 use super::error::ConfigIssue;
 use super::model::{Config, Endpoint, HostMatch, Route, Tls, Upstream};
 use super::raw::{RawConfig, RawEndpoint, RawMatch, RawRoute, RawTls, RawUpstream};
-use super::validate::{self, closest, duration_or, Issues};
+use super::validate::{self, duration_or, Issues};
 
 /// Default proxy listener: loopback, as a sidecar.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -305,15 +305,13 @@ fn route(
     if upstream.is_none() {
         let message = format!("unknown upstream {:?}", raw.upstream.value);
         let upstream_path = format!("{path}.upstream");
-        match closest(&raw.upstream.value, upstreams.keys().map(String::as_str)) {
-            Some(near) => issues.with_hint(
-                &upstream_path,
-                &raw.upstream,
-                message,
-                format!("did you mean {near:?}?"),
-            ),
-            None => issues.at(&upstream_path, &raw.upstream, message),
-        }
+        issues.unknown(
+            &upstream_path,
+            &raw.upstream,
+            &raw.upstream.value,
+            message,
+            &upstreams.keys().map(String::as_str).collect::<Vec<_>>(),
+        );
     }
     let timeout = duration_or(
         issues,
@@ -351,15 +349,7 @@ fn route(
                     Method::from_bytes(upper.as_bytes()).ok()
                 } else {
                     let message = format!("unknown method {:?}", method.value);
-                    match closest(&upper, KNOWN_METHODS) {
-                        Some(near) => issues.with_hint(
-                            &mp,
-                            method,
-                            message,
-                            format!("did you mean {near:?}?"),
-                        ),
-                        None => issues.at(&mp, method, message),
-                    }
+                    issues.unknown(&mp, method, &upper, message, &KNOWN_METHODS);
                     None
                 }
             })
@@ -437,12 +427,13 @@ fn failover(
             let index = upstreams.keys().position(|n| *n == name.value);
             if index.is_none() {
                 let message = format!("unknown upstream {:?}", name.value);
-                match closest(&name.value, upstreams.keys().map(String::as_str)) {
-                    Some(near) => {
-                        issues.with_hint(&fp, name, message, format!("did you mean {near:?}?"))
-                    }
-                    None => issues.at(&fp, name, message),
-                }
+                issues.unknown(
+                    &fp,
+                    name,
+                    &name.value,
+                    message,
+                    &upstreams.keys().map(String::as_str).collect::<Vec<_>>(),
+                );
             }
             index
         })

@@ -8,7 +8,7 @@ use serde_saphyr::Spanned;
 
 use super::model::{HealthCheck, LoadBalancing};
 use super::raw::{RawCircuitBreaker, RawHealthCheck, RawOutlier, RawRate};
-use super::validate::{closest, duration_or, percent, Issues};
+use super::validate::{duration_or, percent, Issues};
 use crate::policy::breaker::{BreakerConfig, RateCondition};
 use crate::policy::classify::FailureSet;
 use crate::policy::outlier::OutlierConfig;
@@ -30,12 +30,7 @@ pub(crate) fn mode(issues: &mut Issues, path: &str, raw: Option<&Spanned<String>
         Some(other) => {
             let raw = raw.expect("matched Some");
             let message = format!("unknown mode {other:?}: expected enforce or shadow");
-            match closest(other, ["enforce", "shadow"]) {
-                Some(near) => {
-                    issues.with_hint(path, raw, message, format!("did you mean {near:?}?"))
-                }
-                None => issues.at(path, raw, message),
-            }
+            issues.unknown(path, raw, other, message, &["enforce", "shadow"]);
             Mode::Enforce
         }
     }
@@ -144,12 +139,7 @@ pub(crate) fn breaker(
                         .expect("bad item is listed");
                     let message = format!("unknown failure {bad:?}: expected connect-failure, timeout, reset, 5xx or a status like 429");
                     let ip = format!("{path}.failure_on[{i}]");
-                    match closest(&bad, FailureSet::NAMES) {
-                        Some(near) => {
-                            issues.with_hint(&ip, item, message, format!("did you mean {near:?}?"))
-                        }
-                        None => issues.at(&ip, item, message),
-                    }
+                    issues.unknown(&ip, item, &bad, message, &FailureSet::NAMES);
                     FailureSet::default()
                 }
             }
@@ -301,10 +291,7 @@ pub(crate) fn retry(
                 let (i, item) = items.iter().enumerate().find(|(_, i)| i.value.trim() == bad).expect("bad item is listed");
                 let message = format!("unknown retry condition {bad:?}: expected connect-failure, refused-stream, reset, timeout, 5xx or a status like 503");
                 let ip = format!("{path}.on[{i}]");
-                match closest(&bad, RetryOn::NAMES) {
-                    Some(near) => issues.with_hint(&ip, item, message, format!("did you mean {near:?}?")),
-                    None => issues.at(&ip, item, message),
-                }
+                issues.unknown(&ip, item, &bad, message, &RetryOn::NAMES);
                 RetryOn::default()
             })
         }
@@ -348,15 +335,13 @@ pub(crate) fn retry(
         Some((n, other)) => {
             let message =
                 format!("unknown value {other:?}: expected unsent-only, idempotency-key or never");
-            match closest(other, ["unsent-only", "idempotency-key", "never"]) {
-                Some(near) => issues.with_hint(
-                    &format!("{path}.non_idempotent"),
-                    n,
-                    message,
-                    format!("did you mean {near:?}?"),
-                ),
-                None => issues.at(&format!("{path}.non_idempotent"), n, message),
-            }
+            issues.unknown(
+                &format!("{path}.non_idempotent"),
+                n,
+                other,
+                message,
+                &["unsent-only", "idempotency-key", "never"],
+            );
             NonIdempotent::UnsentOnly
         }
     };
@@ -412,10 +397,7 @@ pub(crate) fn load_balancing(
             let message = format!(
                 "unknown load balancing {other:?}: expected p2c_ewma, round_robin or least_request"
             );
-            match closest(other, NAMES) {
-                Some(near) => issues.with_hint(path, r, message, format!("did you mean {near:?}?")),
-                None => issues.at(path, r, message),
-            }
+            issues.unknown(path, r, other, message, &NAMES);
             LoadBalancing::P2cEwma
         }
     }

@@ -30,6 +30,21 @@ impl Issues {
         self.add(path, pos(value), message);
     }
 
+    /// Records an unknown choice, suggesting the closest of `choices` when it looks like a typo.
+    pub(crate) fn unknown<T>(
+        &mut self,
+        path: &str,
+        value: &Spanned<T>,
+        wrong: &str,
+        message: String,
+        choices: &[&str],
+    ) {
+        match closest(wrong, choices.iter().copied()) {
+            Some(near) => self.with_hint(path, value, message, format!("did you mean {near:?}?")),
+            None => self.at(path, value, message),
+        }
+    }
+
     /// Records a problem with a suggested fix.
     pub(crate) fn with_hint<T>(
         &mut self,

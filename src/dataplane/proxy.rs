@@ -167,34 +167,8 @@ impl Proxy {
             let (call, response) = send(upstream, endpoint_index, request, per_try).await;
             record(&snapshot, target, call);
 
-            let Err(error) = &response else {
-                let response = response.expect("checked Ok");
-                match self
-                    .retry_decision(
-                        &snapshot,
-                        route_index,
-                        kind,
-                        call,
-                        attempt_number,
-                        &source,
-                        deadline,
-                        &response,
-                    )
-                    .await
-                {
-                    Ok(()) => {
-                        tried.push((upstream_index, endpoint_index));
-                        continue;
-                    }
-                    Err(note) => {
-                        outcome.note = note;
-                        return finish(response, outcome, None);
-                    }
-                }
-            };
-            let error = *error;
-            let empty = Response::new(ProxyBody::local(bytes::Bytes::new()));
-            match self
+            let hint = response.as_ref().ok().and_then(retry_after);
+            let decision = self
                 .retry_decision(
                     &snapshot,
                     route_index,
@@ -203,12 +177,16 @@ impl Proxy {
                     attempt_number,
                     &source,
                     deadline,
-                    &empty,
+                    hint,
                 )
-                .await
-            {
-                Ok(()) => tried.push((upstream_index, endpoint_index)),
-                Err(note) => {
+                .await;
+            match (decision, response) {
+                (Ok(()), _) => tried.push((upstream_index, endpoint_index)),
+                (Err(note), Ok(response)) => {
+                    outcome.note = note;
+                    return finish(response, outcome, None);
+                }
+                (Err(note), Err(error)) => {
                     outcome.note = note;
                     let mut response =
                         self.fail(&snapshot, route_index, upstream_index, error, outcome);
@@ -238,7 +216,7 @@ impl Proxy {
         attempt: u32,
         source: &Source,
         deadline: Instant,
-        response: &Response<ProxyBody>,
+        retry_after: Option<Duration>,
     ) -> Result<(), Option<&'static str>> {
         let route = &snapshot.config.routes[route_index];
         let policy = route.retry.as_ref().ok_or(None)?;
@@ -256,7 +234,7 @@ impl Proxy {
             snapshot.metrics.budget_exhausted(&route.name);
             return Err(Some("retry_budget_exhausted"));
         }
-        let wait = retry::backoff(policy, attempt, retry_after(response), rand::random());
+        let wait = retry::backoff(policy, attempt, retry_after, rand::random());
         if Instant::now() + wait + MIN_ATTEMPT > deadline {
             return Err(Some("no_time_left_for_retry"));
         }
