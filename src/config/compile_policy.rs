@@ -8,7 +8,7 @@ use serde_saphyr::Spanned;
 
 use super::model::{HealthCheck, LoadBalancing};
 use super::raw::{RawCircuitBreaker, RawHealthCheck, RawOutlier, RawRate};
-use super::validate::{duration_or, percent, Issues};
+use super::validate::{duration_or, percent, percent_or_zero, Issues};
 use crate::policy::breaker::{BreakerConfig, RateCondition};
 use crate::policy::classify::FailureSet;
 use crate::policy::outlier::OutlierConfig;
@@ -323,7 +323,7 @@ pub(crate) fn retry(
     let budget = r.budget.as_ref();
     let budget_ratio = budget
         .and_then(|b| b.ratio.as_ref())
-        .and_then(|ratio| percent(issues, &format!("{path}.budget.ratio"), ratio))
+        .and_then(|ratio| percent_or_zero(issues, &format!("{path}.budget.ratio"), ratio))
         .unwrap_or(0.2);
     let budget_min_per_second = budget
         .and_then(|b| b.min_per_second.as_ref())

@@ -125,13 +125,40 @@ pub(crate) fn duration_or(
 
 /// Parses a percentage `"99.9%"` into a ratio in (0, 1].
 pub(crate) fn percent(issues: &mut Issues, path: &str, value: &Spanned<String>) -> Option<f64> {
+    percent_in(issues, path, value, false)
+}
+
+/// Parses a percentage into a ratio in [0, 1] (0% allowed).
+pub(crate) fn percent_or_zero(
+    issues: &mut Issues,
+    path: &str,
+    value: &Spanned<String>,
+) -> Option<f64> {
+    percent_in(issues, path, value, true)
+}
+
+fn percent_in(
+    issues: &mut Issues,
+    path: &str,
+    value: &Spanned<String>,
+    zero_ok: bool,
+) -> Option<f64> {
     let parsed = value
         .value
         .trim()
         .strip_suffix('%')
         .and_then(|n| n.trim().parse::<f64>().ok())
-        .filter(|p| *p > 0.0 && *p <= 100.0);
-    if parsed.is_none() {
+        .filter(|p| (*p > 0.0 || (zero_ok && *p == 0.0)) && *p <= 100.0);
+    if parsed.is_none() && zero_ok {
+        issues.at(
+            path,
+            value,
+            format!(
+                "invalid percentage {:?}: expected 0% to 100%, e.g. \"20%\"",
+                value.value
+            ),
+        );
+    } else if parsed.is_none() {
         issues.at(
             path,
             value,

@@ -140,6 +140,8 @@ pub fn scenario_for(upstream: &str) -> Scenario {
             phase("slow", s(20), 0.02, ms(900)),
             phase("5xx-storm", s(20), 0.6, ms(60)),
         ]),
+        // A second payment provider: slower, but steady.
+        "payments-b" => Scenario(vec![phase("healthy", s(60), 0.001, ms(180))]),
         // A steady second agency.
         "agency-b" => Scenario(vec![phase("healthy", s(60), 0.005, ms(25))]),
         // A payment gateway with short maintenance blips.
