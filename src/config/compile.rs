@@ -59,7 +59,16 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
         .iter()
         .map(|(name, up)| upstream(&mut issues, name, up))
         .collect();
-    let routes = routes(&mut issues, &raw.routes, &raw.upstreams);
+    let routes = routes(
+        &mut issues,
+        &raw.routes,
+        &raw.upstreams,
+        raw.redis.is_some(),
+    );
+    let redis = raw
+        .redis
+        .as_ref()
+        .and_then(|r| compile_policy::redis(&mut issues, r));
 
     if issues.0.is_empty() {
         return Ok(Config {
@@ -69,6 +78,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
             upstreams,
             routes,
             sha256,
+            redis,
         });
     }
     // File order reads best; problems without a position (missing sections) come last.
@@ -269,6 +279,7 @@ fn routes(
     issues: &mut Issues,
     raw: &[RawRoute],
     upstreams: &BTreeMap<String, RawUpstream>,
+    has_redis: bool,
 ) -> Vec<Route> {
     if raw.is_empty() {
         issues.add(
@@ -290,7 +301,7 @@ fn routes(
                     format!("duplicate route name {:?}", r.name.value),
                 );
             }
-            route(issues, &path, r, upstreams)
+            route(issues, &path, r, upstreams, has_redis)
         })
         .collect()
 }
@@ -300,6 +311,7 @@ fn route(
     path: &str,
     raw: &RawRoute,
     upstreams: &BTreeMap<String, RawUpstream>,
+    has_redis: bool,
 ) -> Option<Route> {
     let upstream = upstreams.keys().position(|n| *n == raw.upstream.value);
     if upstream.is_none() {
@@ -396,6 +408,9 @@ fn route(
             .as_ref()
             .and_then(|r| compile_policy::retry(issues, &format!("{path}.retry"), r)),
         failover: failover(issues, path, raw, upstreams),
+        rate_limit: raw.rate_limit.as_ref().and_then(|r| {
+            compile_policy::rate_limit(issues, &format!("{path}.rate_limit"), r, has_redis)
+        }),
     })
 }
 

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
+use super::model::RedisConfig;
 use super::model::{HealthCheck, LoadBalancing};
-use super::raw::{RawCircuitBreaker, RawHealthCheck, RawOutlier, RawRate};
+use super::raw::{RawCircuitBreaker, RawHealthCheck, RawOutlier, RawRate, RawRateLimit, RawRedis};
 use super::validate::{duration_or, percent, percent_or_zero, Issues};
 use crate::policy::breaker::{BreakerConfig, RateCondition};
 use crate::policy::classify::FailureSet;
 use crate::policy::outlier::OutlierConfig;
+use crate::policy::rate::{LimitKey, OnError, Rate, RateLimitConfig, Scope};
 use crate::policy::retry::{NonIdempotent, RetryOn, RetryPolicy};
 use crate::policy::Mode;
 
@@ -496,4 +498,142 @@ pub(crate) fn health_check(
         unhealthy_threshold,
         expect_status,
     }
+}
+
+/// `rate_limit:` on a route.
+pub(crate) fn rate_limit(
+    issues: &mut Issues,
+    path: &str,
+    raw: &Spanned<RawRateLimit>,
+    has_redis: bool,
+) -> Option<RateLimitConfig> {
+    let r = &raw.value;
+    let mode = mode(issues, &format!("{path}.mode"), r.mode.as_ref());
+    let rate = Rate::parse(&r.rate.value);
+    if rate.is_none() {
+        issues.at(
+            &format!("{path}.rate"),
+            &r.rate,
+            format!(
+                "invalid rate {:?}: expected N/s, N/m or N/h with N > 0, e.g. 100/s",
+                r.rate.value
+            ),
+        );
+    }
+    let burst = r.burst.as_ref().map_or(0, |b| b.value);
+    let key = match r.key.as_ref().map(|k| (k, k.value.trim())) {
+        None | Some((_, "route")) => LimitKey::Route,
+        Some((_, "client_ip")) => LimitKey::ClientIp,
+        Some((k, other)) => match other
+            .strip_prefix("header:")
+            .map(|h| http::HeaderName::from_bytes(h.trim().as_bytes()))
+        {
+            Some(Ok(name)) => LimitKey::Header(name),
+            _ => {
+                let message =
+                    format!("invalid key {other:?}: expected route, client_ip or header:NAME");
+                issues.unknown(
+                    &format!("{path}.key"),
+                    k,
+                    other,
+                    message,
+                    &["route", "client_ip"],
+                );
+                LimitKey::Route
+            }
+        },
+    };
+    let scope = match r.scope.as_ref().map(|s| (s, s.value.trim())) {
+        None | Some((_, "local")) => Scope::Local,
+        Some((s, "global")) => {
+            if !has_redis {
+                issues.at(
+                    &format!("{path}.scope"),
+                    s,
+                    "scope global needs a top-level redis: section".into(),
+                );
+            }
+            Scope::Global
+        }
+        Some((s, other)) => {
+            let message = format!("unknown scope {other:?}: expected local or global");
+            issues.unknown(
+                &format!("{path}.scope"),
+                s,
+                other,
+                message,
+                &["local", "global"],
+            );
+            Scope::Local
+        }
+    };
+    let reject_missing_key = match r.on_missing_key.as_ref().map(|s| (s, s.value.trim())) {
+        None | Some((_, "reject")) => true,
+        Some((_, "shared")) => false,
+        Some((s, other)) => {
+            let message = format!("unknown value {other:?}: expected reject or shared");
+            issues.unknown(
+                &format!("{path}.on_missing_key"),
+                s,
+                other,
+                message,
+                &["reject", "shared"],
+            );
+            true
+        }
+    };
+    let max_keys = match &r.max_keys {
+        Some(m) if m.value == 0 => {
+            issues.at(&format!("{path}.max_keys"), m, "must be at least 1".into());
+            100_000
+        }
+        Some(m) => m.value as usize,
+        None => 100_000,
+    };
+    Some(RateLimitConfig {
+        mode,
+        rate: rate?,
+        burst,
+        key,
+        scope,
+        reject_missing_key,
+        max_keys,
+    })
+}
+
+/// The top-level `redis:` section.
+pub(crate) fn redis(issues: &mut Issues, raw: &Spanned<RawRedis>) -> Option<RedisConfig> {
+    let r = &raw.value;
+    let url = r.url.value.trim();
+    if !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        || redis::parse_redis_url(url).is_none()
+    {
+        issues.at(
+            "redis.url",
+            &r.url,
+            format!("invalid url {url:?}: expected redis://host:port or rediss://host:port"),
+        );
+    }
+    let timeout = duration_or(
+        issues,
+        "redis.timeout",
+        r.timeout.as_ref(),
+        Duration::from_millis(50),
+        Duration::from_secs(10),
+    );
+    let on_error = match r.on_error.as_ref().map(|s| (s, s.value.trim())) {
+        None | Some((_, "allow")) => OnError::Allow,
+        Some((_, "deny")) => OnError::Deny,
+        Some((s, other)) => {
+            let message = format!("unknown value {other:?}: expected allow or deny");
+            issues.unknown("redis.on_error", s, other, message, &["allow", "deny"]);
+            OnError::Allow
+        }
+    };
+    Some(RedisConfig {
+        url: url.to_owned(),
+        timeout,
+        on_error,
+        cluster: r.cluster.unwrap_or(false),
+    })
 }

@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 
 pub use compile::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
 pub use error::{ConfigError, ConfigIssue, Position};
-pub use model::{Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, Route, Tls, Upstream};
+pub use model::{
+    Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route, Tls, Upstream,
+};
 
 /// Reads, parses, checks and compiles the config file at `path`.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {

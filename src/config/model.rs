@@ -28,6 +28,21 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Hex SHA-256 of the file's bytes, to tell which config a process runs.
     pub sha256: String,
+    /// Redis for global rate limits.
+    pub redis: Option<RedisConfig>,
+}
+
+/// The top-level `redis:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Longest wait for one decision.
+    pub timeout: Duration,
+    /// What to do when Redis fails or is slow.
+    pub on_error: crate::policy::rate::OnError,
+    /// Use the Redis Cluster client.
+    pub cluster: bool,
 }
 
 /// A named pool of endpoints.
@@ -132,6 +147,8 @@ pub struct Route {
     pub retry: Option<RetryPolicy>,
     /// Indices into [`Config::upstreams`] to fail over to, in order.
     pub failover: Vec<usize>,
+    /// Rate limit.
+    pub rate_limit: Option<crate::policy::rate::RateLimitConfig>,
 }
 
 /// How a route matches the request's host.

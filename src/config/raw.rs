@@ -30,6 +30,42 @@ pub struct RawConfig {
     /// Routes, tried in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Redis for global rate limits.
+    pub redis: Option<Spanned<RawRedis>>,
+}
+
+/// `redis:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port[/db]`.
+    pub url: Text,
+    /// Longest wait for one decision.
+    pub timeout: Option<Text>,
+    /// allow | deny when Redis fails or is slow.
+    pub on_error: Option<Text>,
+    /// Use the Redis Cluster client.
+    pub cluster: Option<bool>,
+}
+
+/// `rate_limit:` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// enforce | shadow.
+    pub mode: Option<Text>,
+    /// `100/s`, `6000/m`, `10000/h`.
+    pub rate: Text,
+    /// Extra requests allowed at once above the steady rate.
+    pub burst: Option<Spanned<u32>>,
+    /// route | client_ip | header:NAME.
+    pub key: Option<Text>,
+    /// local | global.
+    pub scope: Option<Text>,
+    /// reject | shared.
+    pub on_missing_key: Option<Text>,
+    /// Most live keys kept per route (local scope).
+    pub max_keys: Option<Spanned<u32>>,
 }
 
 /// `admin:`
@@ -201,6 +237,8 @@ pub struct RawRoute {
     pub retry: Option<Spanned<RawRetry>>,
     /// Other upstreams to use, in order, when this route's upstream cannot take the request.
     pub failover: Option<Vec<Text>>,
+    /// Rate limit.
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
 }
 
 /// `retry:`

@@ -7,10 +7,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::tasks::Tasks;
 use bytes::Bytes;
 use http::{header, Request, Uri};
 use http_body_util::Full;
-use tokio::task::JoinHandle;
 
 use super::request_body::RequestBody;
 use super::upstream::LiveUpstream;
@@ -18,20 +18,8 @@ use crate::config::HealthCheck;
 use crate::metrics::Metrics;
 use crate::policy::health::Health;
 
-/// Aborts the health check tasks when dropped.
-#[derive(Debug, Default)]
-pub struct Checkers(Vec<JoinHandle<()>>);
-
-impl Drop for Checkers {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
-}
-
 /// Starts one checker per endpoint of `upstream`. Needs a tokio runtime.
-pub fn start(upstream: &Arc<LiveUpstream>, check: &HealthCheck, metrics: &Metrics) -> Checkers {
+pub fn start(upstream: &Arc<LiveUpstream>, check: &HealthCheck, metrics: &Metrics) -> Tasks {
     let tasks = (0..upstream.endpoints.len())
         .map(|e| {
             let (upstream, check) = (Arc::downgrade(upstream), check.clone());
@@ -58,7 +46,7 @@ pub fn start(upstream: &Arc<LiveUpstream>, check: &HealthCheck, metrics: &Metric
             })
         })
         .collect();
-    Checkers(tasks)
+    Tasks(tasks)
 }
 
 async fn probe(upstream: &LiveUpstream, endpoint: usize, check: &HealthCheck) -> bool {

@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tower::Service;
 use super::body::ProxyBody;
 use super::forward;
 use super::outcome::Outcome;
+use super::ratelimit::Decision;
 use super::replay::ReplayBody;
 use super::request_body::RequestBody;
 use super::rescue::ProxyError;
@@ -96,6 +98,50 @@ impl Proxy {
             );
         };
         outcome.route = Some(route_index);
+        let Some(limiter) = &snapshot.route_limiters[route_index] else {
+            return self
+                .deliver(req, &snapshot, route_index, outcome, started)
+                .await;
+        };
+        let client = self.client.to_str().unwrap_or("");
+        let (mut response, headers) = match limiter.decide(req.headers(), client).await {
+            Decision::Admit(headers) => (
+                self.deliver(req, &snapshot, route_index, outcome, started)
+                    .await,
+                headers,
+            ),
+            Decision::Reject(headers, retry_after) => {
+                let upstream = snapshot.config.routes[route_index].upstream;
+                let error = ProxyError::RateLimited { retry_after };
+                (
+                    self.fail(&snapshot, route_index, upstream, error, outcome),
+                    headers,
+                )
+            }
+            Decision::MissingKey => {
+                let upstream = snapshot.config.routes[route_index].upstream;
+                return self.fail(
+                    &snapshot,
+                    route_index,
+                    upstream,
+                    ProxyError::RateLimitKeyMissing,
+                    outcome,
+                );
+            }
+        };
+        headers.apply(response.headers_mut());
+        response
+    }
+
+    /// Sends attempts for a request that matched `route_index` and passed its rate limit.
+    async fn deliver(
+        &self,
+        req: Request<Incoming>,
+        snapshot: &Arc<Snapshot>,
+        route_index: usize,
+        mut outcome: Outcome,
+        started: Instant,
+    ) -> Response<ProxyBody> {
         let route = &snapshot.config.routes[route_index];
         let policy = route.retry.as_ref();
 
@@ -123,10 +169,10 @@ impl Proxy {
         loop {
             attempt_number += 1;
             let now = Instant::now();
-            let target = match target::choose(&snapshot, route_index, &tried, now) {
+            let target = match target::choose(snapshot, route_index, &tried, now) {
                 Ok(target) => target,
                 Err(error) => {
-                    return self.fail(&snapshot, route_index, route.upstream, error, outcome)
+                    return self.fail(snapshot, route_index, route.upstream, error, outcome)
                 }
             };
             let (upstream_index, endpoint_index) = (target.upstream, target.endpoint);
@@ -157,7 +203,7 @@ impl Proxy {
                 .and_then(|body| upstream_request(request_parts, body, upstream, endpoint_index))
             else {
                 return self.fail(
-                    &snapshot,
+                    snapshot,
                     route_index,
                     upstream_index,
                     ProxyError::BadRequest,
@@ -165,12 +211,12 @@ impl Proxy {
                 );
             };
             let (call, response) = send(upstream, endpoint_index, request, per_try).await;
-            record(&snapshot, target, call);
+            record(snapshot, target, call);
 
             let hint = response.as_ref().ok().and_then(retry_after);
             let decision = self
                 .retry_decision(
-                    &snapshot,
+                    snapshot,
                     route_index,
                     kind,
                     call,
@@ -189,7 +235,7 @@ impl Proxy {
                 (Err(note), Err(error)) => {
                     outcome.note = note;
                     let mut response =
-                        self.fail(&snapshot, route_index, upstream_index, error, outcome);
+                        self.fail(snapshot, route_index, upstream_index, error, outcome);
                     if kind.non_idempotent_method() && retry::outcome_unknown(call.result) {
                         response
                             .headers_mut()

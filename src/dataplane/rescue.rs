@@ -37,6 +37,15 @@ pub enum ProxyError {
     /// max_concurrent_requests is reached.
     #[error("too many requests in flight to this upstream")]
     Overloaded,
+    /// The route's rate limit is exhausted for this key.
+    #[error("rate limit exceeded; see the RateLimit and Retry-After headers")]
+    RateLimited {
+        /// Until the next request is allowed.
+        retry_after: std::time::Duration,
+    },
+    /// The rate limit key header is missing and `on_missing_key: reject`.
+    #[error("the header this route's rate limit is keyed on is missing")]
+    RateLimitKeyMissing,
 }
 
 impl ProxyError {
@@ -50,6 +59,8 @@ impl ProxyError {
             ProxyError::BadRequest => "bad_request",
             ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::Overloaded => "upstream_overloaded",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::RateLimitKeyMissing => "rate_limit_key_missing",
         }
     }
 
@@ -59,7 +70,8 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ConnectFailed | ProxyError::UpstreamError => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest | ProxyError::RateLimitKeyMissing => StatusCode::BAD_REQUEST,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::CircuitOpen { .. } | ProxyError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -82,7 +94,9 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
-        if let ProxyError::CircuitOpen { retry_after } = self {
+        if let ProxyError::CircuitOpen { retry_after } | ProxyError::RateLimited { retry_after } =
+            self
+        {
             // Whole seconds, rounded up, at least 1: "0" would invite an immediate retry.
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

@@ -85,6 +85,9 @@ struct Families {
     failover: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
     health_checks: IntCounterVec,
+    rate_limited: IntCounterVec,
+    rate_limit_keys: IntGaugeVec,
+    rate_limit_errors: IntCounterVec,
 }
 
 fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -162,6 +165,9 @@ impl Metrics {
             failover: counters(r, names::FAILOVER_TOTAL, "Attempts sent to a failover upstream.", &["route", "from", "to"]),
             endpoint_healthy: gauges(r, names::ENDPOINT_HEALTHY, "1 while active health checks consider the endpoint healthy.", &["upstream", "endpoint"]),
             health_checks: counters(r, names::HEALTH_CHECKS_TOTAL, "Active health checks by result.", &["upstream", "endpoint", "result"]),
+            rate_limited: counters(r, names::RATE_LIMITED_TOTAL, "Requests rejected (enforce) or that would have been (shadow) by a rate limit.", &["route", "scope", "mode"]),
+            rate_limit_keys: gauges(r, names::RATE_LIMIT_KEYS, "Live keys of a route's local rate limit.", &["route"]),
+            rate_limit_errors: counters(r, names::RATE_LIMIT_BACKEND_ERRORS_TOTAL, "Global rate limit decisions Redis could not make in time.", &["route"]),
             registry,
         }))
     }
@@ -207,6 +213,20 @@ impl Metrics {
             self.0
                 .endpoint_ejections
                 .with_label_values(&[upstream, endpoint]),
+        )
+    }
+
+    /// The rejection counter, live-keys gauge and backend-error counter of a route's limit.
+    pub fn rate_limit(
+        &self,
+        route: &str,
+        scope: &str,
+        mode: &str,
+    ) -> (prometheus::IntCounter, IntGauge, prometheus::IntCounter) {
+        (
+            self.0.rate_limited.with_label_values(&[route, scope, mode]),
+            self.0.rate_limit_keys.with_label_values(&[route]),
+            self.0.rate_limit_errors.with_label_values(&[route]),
         )
     }
 

@@ -39,3 +39,9 @@ pub const FAILOVER_TOTAL: &str = "backstop_failover_total";
 pub const ENDPOINT_HEALTHY: &str = "backstop_endpoint_healthy";
 /// Active health checks by result (success, failure).
 pub const HEALTH_CHECKS_TOTAL: &str = "backstop_health_checks_total";
+/// Requests a rate limit rejected (enforce) or would have rejected (shadow).
+pub const RATE_LIMITED_TOTAL: &str = "backstop_rate_limited_total";
+/// Live keys of a route's local rate limit.
+pub const RATE_LIMIT_KEYS: &str = "backstop_rate_limit_keys";
+/// Global rate limit decisions Redis could not make in time.
+pub const RATE_LIMIT_BACKEND_ERRORS_TOTAL: &str = "backstop_rate_limit_backend_errors_total";

@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod classify;
 pub mod health;
 pub mod outlier;
+pub mod rate;
 pub mod retry;
 pub mod retry_budget;
 

@@ -26,11 +26,15 @@ pub struct Snapshot {
     /// Live upstreams, in the order of `config.upstreams`.
     pub upstreams: Vec<StdArc<LiveUpstream>>,
     /// Active health check tasks; dropped (and stopped) with the snapshot.
-    pub health_checks: Vec<crate::dataplane::health::Checkers>,
+    pub health_checks: Vec<crate::dataplane::tasks::Tasks>,
     /// Metric handles per route, in the order of `config.routes`.
     pub route_metrics: Vec<RouteMetrics>,
     /// Route-level breakers, in the order of `config.routes` (`None`: the upstream's applies).
     pub route_breakers: Vec<Option<StdArc<BreakerCell>>>,
+    /// Rate limits, in the order of `config.routes`.
+    pub route_limiters: Vec<Option<crate::dataplane::ratelimit::RouteLimiter>>,
+    /// The shared Redis client for global rate limits.
+    pub redis: Option<StdArc<crate::dataplane::ratelimit::global::Redis>>,
     /// Retry budgets, in the order of `config.routes` (`None` without a retry policy).
     pub route_budgets: Vec<Option<std::sync::Mutex<RetryBudget>>>,
     /// The metrics, for the rare paths (retries, failover) that count by label.
@@ -88,7 +92,27 @@ impl Snapshot {
                 })
             })
             .collect();
+        let redis = config
+            .redis
+            .clone()
+            .map(crate::dataplane::ratelimit::global::Redis::start);
+        let route_limiters = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.rate_limit.as_ref().map(|l| {
+                    crate::dataplane::ratelimit::RouteLimiter::new(
+                        &r.name,
+                        l,
+                        redis.as_ref(),
+                        metrics,
+                    )
+                })
+            })
+            .collect();
         Ok(Self {
+            route_limiters,
+            redis,
             health_checks,
             route_budgets,
             metrics: metrics.clone(),

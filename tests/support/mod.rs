@@ -256,3 +256,62 @@ pub async fn closed_port() -> SocketAddr {
 pub fn infallible<T>(v: T) -> Result<T, Infallible> {
     Ok(v)
 }
+
+/// A real redis-server on a free loopback port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts redis-server (installed by ./scripts/test) and waits until it accepts connections.
+    pub async fn start() -> RedisServer {
+        let port = closed_port().await.port();
+        let mut server = RedisServer { port, child: None };
+        server.restart().await;
+        server
+    }
+
+    /// Starts it again on the same port (after `stop`).
+    pub async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (./scripts/test installs it with apt-get)");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(Duration::from_secs(10), || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+        })
+        .await;
+    }
+
+    /// Kills it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,286 @@
+//! Rate limits: local GCRA per route and key, and a global limit shared through a real Redis.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::{eventually, metrics, proxy, sample, send, Answer, Backend, Behaviour, RedisServer};
+
+fn limited(backend: &Backend, limit: &str) -> String {
+    format!(
+        "upstreams:\n  partner:\n    endpoints: [{{ address: \"{}\" }}]\nroutes:\n  - name: orders\n    upstream: partner\n    rate_limit: {limit}\n",
+        backend.addr
+    )
+}
+
+async fn get_with(app: &backstop::App, header: Option<(&str, &str)>) -> Answer {
+    let mut req = Request::get(format!("http://{}/orders", app.proxy_addr()));
+    if let Some((k, v)) = header {
+        req = req.header(k, v);
+    }
+    send(req.body(Full::<Bytes>::default()).unwrap()).await
+}
+
+/// A burst against `10/s, burst: 5` admits 6 at once (plus at most one more as time passes);
+/// the rest get 429 with Retry-After and RateLimit headers; allowed answers carry them too.
+#[tokio::test]
+async fn a_burst_admits_the_right_count_with_headers() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&limited(&backend, "{ rate: 10/s, burst: 5 }")).await;
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(get_with(&app, None).await);
+    }
+    let admitted: Vec<&Answer> = answers.iter().filter(|a| a.status == 200).collect();
+    let rejected: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
+    assert!(
+        (6..=7).contains(&admitted.len()),
+        "admitted {}",
+        admitted.len()
+    );
+    assert_eq!(admitted.len() + rejected.len(), 20);
+    assert_eq!(
+        backend.hits(),
+        admitted.len(),
+        "rejected requests never reach the backend"
+    );
+    assert_eq!(
+        admitted[0].header("ratelimit-policy"),
+        "\"orders\";q=10;w=1"
+    );
+    assert_eq!(admitted[0].header("ratelimit"), "\"orders\";r=5;t=1");
+    let r = rejected[0];
+    assert_eq!(r.header("x-backstop-reason"), "rate_limited");
+    assert_eq!(r.json()["error"], "rate_limited");
+    assert_eq!(r.header("retry-after"), "1");
+    assert_eq!(r.header("ratelimit-policy"), "\"orders\";q=10;w=1");
+    assert_eq!(r.header("ratelimit"), "\"orders\";r=0;t=1");
+    let m = metrics(&app).await;
+    let series = r#"backstop_rate_limited_total{mode="enforce",route="orders",scope="local"}"#;
+    assert_eq!(sample(&m, series), Some(rejected.len() as f64));
+}
+
+/// Keys are independent: one merchant's exhausted bucket does not limit another.
+#[tokio::test]
+async fn keys_are_independent() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&limited(
+        &backend,
+        "{ rate: 1/m, burst: 1, key: \"header:x-merchant-id\" }",
+    ))
+    .await;
+    let a = Some(("x-merchant-id", "m-a"));
+    assert_eq!(get_with(&app, a).await.status, 200);
+    assert_eq!(get_with(&app, a).await.status, 200);
+    assert_eq!(get_with(&app, a).await.status, 429);
+    assert_eq!(
+        get_with(&app, Some(("x-merchant-id", "m-b"))).await.status,
+        200
+    );
+}
+
+/// A missing key header is rejected with 400, or shares one bucket with `on_missing_key: shared`.
+#[tokio::test]
+async fn missing_key_header_is_rejected_or_shared() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&limited(
+        &backend,
+        "{ rate: 1/m, key: \"header:x-merchant-id\" }",
+    ))
+    .await;
+    let r = get_with(&app, None).await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-backstop-reason")),
+        (400, "rate_limit_key_missing")
+    );
+    assert_eq!(backend.hits(), 0);
+
+    let app = proxy(&limited(
+        &backend,
+        "{ rate: 1/m, key: \"header:x-merchant-id\", on_missing_key: shared }",
+    ))
+    .await;
+    assert_eq!(get_with(&app, None).await.status, 200);
+    assert_eq!(
+        get_with(&app, None).await.status,
+        429,
+        "one shared bucket for keyless requests"
+    );
+    assert_eq!(
+        get_with(&app, Some(("x-merchant-id", "m-1"))).await.status,
+        200
+    );
+}
+
+/// client_ip keys: clients on different loopback addresses have separate buckets.
+#[tokio::test]
+async fn client_ip_keys_separate_clients() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&limited(&backend, "{ rate: 1/m, key: client_ip }")).await;
+    let from = |ip: &str| {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_local_address(Some(ip.parse().unwrap()));
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build::<_, Full<Bytes>>(http)
+    };
+    let url = format!("http://{}/orders", app.proxy_addr());
+    let one = from("127.0.0.1");
+    let two = from("127.0.0.2");
+    let status = |c: &hyper_util::client::legacy::Client<_, Full<Bytes>>| {
+        let req = Request::get(url.clone()).body(Full::default()).unwrap();
+        let fut = c.request(req);
+        async move { fut.await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(&one).await, 200);
+    assert_eq!(status(&one).await, 429);
+    assert_eq!(
+        status(&two).await,
+        200,
+        "another client address has its own bucket"
+    );
+}
+
+/// Shadow mode forwards everything and counts what it would have rejected.
+#[tokio::test]
+async fn shadow_mode_forwards_and_counts() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&limited(&backend, "{ mode: shadow, rate: 1/m }")).await;
+    for _ in 0..5 {
+        assert_eq!(get_with(&app, None).await.status, 200);
+    }
+    assert_eq!(backend.hits(), 5);
+    let m = metrics(&app).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"backstop_rate_limited_total{mode="shadow",route="orders",scope="local"}"#
+        ),
+        Some(4.0)
+    );
+}
+
+/// Thousands of distinct keys: live keys stay at the cap, and idle keys are pruned.
+#[tokio::test]
+async fn key_state_stays_bounded_under_a_key_flood() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&limited(
+        &backend,
+        "{ rate: 100/s, key: \"header:x-merchant-id\", max_keys: 200 }",
+    ))
+    .await;
+    for i in 0..2000 {
+        let id = format!("m-{i}");
+        let r = get_with(&app, Some(("x-merchant-id", id.as_str()))).await;
+        assert!(r.status == 200 || r.status == 429);
+    }
+    let keys = || async {
+        sample(
+            &metrics(&app).await,
+            r#"backstop_rate_limit_keys{route="orders"}"#,
+        )
+    };
+    eventually(Duration::from_secs(10), || async {
+        keys().await.is_some_and(|k| k <= 201.0)
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        keys().await == Some(0.0)
+    })
+    .await;
+}
+
+fn global(backend: &Backend, redis: &RedisServer, on_error: &str) -> String {
+    format!(
+        "redis: {{ url: \"{}\", timeout: 100ms, on_error: {on_error} }}\n{}",
+        redis.url(),
+        limited(backend, "{ rate: 20/s, burst: 0, scope: global }")
+    )
+}
+
+/// Two proxies sharing one Redis admit the configured rate together, not twice it.
+#[tokio::test]
+async fn two_proxies_share_one_global_limit() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::start(Behaviour::Echo).await;
+    let (a, b) = (
+        proxy(&global(&backend, &redis, "deny")).await,
+        proxy(&global(&backend, &redis, "deny")).await,
+    );
+    // Wait until both are connected (before that, on_error: deny answers 429).
+    for app in [&a, &b] {
+        eventually(Duration::from_secs(10), || async {
+            get_with(app, None).await.status == 200
+        })
+        .await;
+    }
+    let before = backend.hits();
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        get_with(&a, None).await;
+        get_with(&b, None).await;
+        sent += 2;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let admitted = (backend.hits() - before) as f64;
+    let expected = 20.0 * secs + 1.0;
+    assert!(
+        sent as f64 > expected * 3.0,
+        "the test sent enough to be limited: {sent}"
+    );
+    assert!(
+        admitted <= expected * 1.2 && admitted >= expected * 0.7,
+        "admitted {admitted}, expected about {expected}"
+    );
+}
+
+/// When Redis stops, decisions follow on_error quickly and are counted; when it is back,
+/// limiting resumes by itself.
+#[tokio::test]
+async fn redis_outage_follows_on_error_and_recovers() {
+    let mut redis = RedisServer::start().await;
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&global(&backend, &redis, "allow")).await;
+    eventually(Duration::from_secs(10), || async {
+        get_with(&app, None).await.status == 429
+    })
+    .await;
+
+    redis.stop();
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get_with(&app, None).await.status.as_u16());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "fail open while redis is down: {statuses:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "never blocked long: {:?}",
+        started.elapsed()
+    );
+    let m = metrics(&app).await;
+    assert!(
+        sample(
+            &m,
+            r#"backstop_rate_limit_backend_errors_total{route="orders"}"#
+        )
+        .unwrap_or(0.0)
+            >= 10.0
+    );
+
+    redis.restart().await;
+    eventually(Duration::from_secs(15), || async {
+        let mut limited = false;
+        for _ in 0..5 {
+            limited |= get_with(&app, None).await.status == 429;
+        }
+        limited
+    })
+    .await;
+}
