@@ -284,3 +284,48 @@ async fn redis_outage_follows_on_error_and_recovers() {
     })
     .await;
 }
+
+/// The global limit works against Redis Cluster: keys of different routes and merchants land
+/// in different slots, and each decision touches one key.
+#[tokio::test]
+async fn global_limit_works_against_redis_cluster() {
+    let cluster = support::RedisCluster::start().await;
+    let backend = Backend::start(Behaviour::Echo).await;
+    let yaml = format!(
+        "redis: {{ url: \"{}\", cluster: true, timeout: 200ms, on_error: deny }}\n{}",
+        cluster.url(),
+        limited(
+            &backend,
+            "{ rate: 1/m, burst: 1, scope: global, key: \"header:x-merchant-id\" }"
+        )
+    );
+    let app = proxy(&yaml).await;
+    let m1 = Some(("x-merchant-id", "merchant-1"));
+    eventually(Duration::from_secs(10), || async {
+        get_with(&app, m1).await.status == 200
+    })
+    .await;
+    let errors = r#"backstop_rate_limit_backend_errors_total{route="orders"}"#;
+    let errors_before = sample(&metrics(&app).await, errors);
+    assert_eq!(
+        get_with(&app, m1).await.status,
+        200,
+        "burst 1: a second request at once"
+    );
+    assert_eq!(get_with(&app, m1).await.status, 429);
+    for i in 2..12 {
+        let id = format!("merchant-{i}");
+        assert_eq!(
+            get_with(&app, Some(("x-merchant-id", id.as_str())))
+                .await
+                .status,
+            200,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        sample(&metrics(&app).await, errors),
+        errors_before,
+        "no errors once connected"
+    );
+}

@@ -58,6 +58,8 @@ enum Source {
     Once(Option<Incoming>),
     /// Kept for replay.
     Replay(ReplayBody),
+    /// The client sent no body: every attempt gets an empty one, nothing to keep.
+    Empty,
 }
 
 impl Source {
@@ -67,6 +69,9 @@ impl Source {
             Source::Replay(body) => Some(RequestBody::Replay {
                 body: body.replay(),
             }),
+            Source::Empty => Some(RequestBody::Local {
+                body: http_body_util::Full::new(bytes::Bytes::new()),
+            }),
         }
     }
 
@@ -74,6 +79,7 @@ impl Source {
         match self {
             Source::Once(body) => body.is_some(),
             Source::Replay(body) => body.can_replay(),
+            Source::Empty => true,
         }
     }
 }
@@ -153,7 +159,9 @@ impl Proxy {
             None => RequestKind::NonIdempotent,
         };
         let replayable = policy.is_some_and(|p| p.attempts > 1) || !route.failover.is_empty();
-        let mut source = if replayable {
+        let mut source = if replayable && http_body::Body::is_end_stream(&body) {
+            Source::Empty
+        } else if replayable {
             let limit = policy.map_or(65536, |p| p.max_buffered_body);
             Source::Replay(ReplayBody::new(body, limit))
         } else {

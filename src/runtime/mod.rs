@@ -92,9 +92,16 @@ impl Snapshot {
                 })
             })
             .collect();
+        // Connect only when a route needs it: a redis: section alone starts nothing.
+        let global = config.routes.iter().any(|r| {
+            r.rate_limit
+                .as_ref()
+                .is_some_and(|l| l.scope == crate::policy::rate::Scope::Global)
+        });
         let redis = config
             .redis
             .clone()
+            .filter(|_| global)
             .map(crate::dataplane::ratelimit::global::Redis::start);
         let route_limiters = config
             .routes

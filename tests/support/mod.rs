@@ -315,3 +315,98 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A real three-node Redis Cluster on free loopback ports (no replicas), killed on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<std::process::Child>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "backstop-cluster-{}-{}",
+            std::process::id(),
+            closed_port().await.port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ports = Vec::new();
+        let mut children = Vec::new();
+        for _ in 0..3 {
+            let port = closed_port().await.port();
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .current_dir(&node_dir)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            children.push(child);
+            ports.push(port);
+        }
+        for port in &ports {
+            let addr = format!("127.0.0.1:{port}");
+            eventually(Duration::from_secs(10), || {
+                let addr = addr.clone();
+                async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+            })
+            .await;
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli is installed with redis-server");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let first = ports[0].to_string();
+        eventually(Duration::from_secs(15), || {
+            let first = first.clone();
+            async move {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &first, "cluster", "info"])
+                    .output();
+                out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            }
+        })
+        .await;
+        RedisCluster {
+            ports,
+            children,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -84,7 +84,9 @@ impl Redis {
         let weak = Arc::downgrade(&redis);
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(50);
+            let mut attempt: u32 = 0;
             loop {
+                attempt += 1;
                 let Some(redis) = weak.upgrade() else { return };
                 match redis.connect().await {
                     Ok(connection) => {
@@ -94,9 +96,11 @@ impl Redis {
                         tracing::info!(url = %redis.config.url, "connected to redis");
                         return;
                     }
-                    Err(e) => {
-                        tracing::warn!(url = %redis.config.url, error = %e, "cannot connect to redis yet")
+                    // Warn on attempts 1, 2, 4, 8, ...: visible, but not a line every two seconds.
+                    Err(e) if attempt.is_power_of_two() => {
+                        tracing::warn!(url = %redis.config.url, error = %e, attempt, "cannot connect to redis yet; rate limit decisions follow on_error")
                     }
+                    Err(_) => {}
                 }
                 drop(redis);
                 tokio::time::sleep(wait).await;
