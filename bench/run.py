@@ -8,6 +8,8 @@ machine hits all alike. Per round and target:
   - closed loop: wrk, 1 thread, C connections, D seconds -> max requests/s
   - open loop: oha at a fixed rate with latency correction -> p50/p99
   - CPU of the proxy process over the closed-loop run -> CPU ms per 1000 requests
+  - variants (--variant NAME=FILE) run backstop with other configs in the same rounds; a
+    template that names {redis} gets a redis-server on core 1
   - RSS of the proxy process after the load
 The medians over rounds are printed as a table with ratios to nginx.
 
@@ -22,7 +24,7 @@ PROXY_CORE, LOAD_CORE = "0", "1"
 
 
 def ensure_tools():
-    missing = [p for p, c in [("wrk", "wrk"), ("nginx", "nginx"), ("haproxy", "haproxy")] if not shutil.which(c) and not os.path.exists(f"/usr/sbin/{c}")]
+    missing = [p for p, c in [("wrk", "wrk"), ("nginx", "nginx"), ("haproxy", "haproxy"), ("redis-server", "redis-server")] if not shutil.which(c) and not os.path.exists(f"/usr/sbin/{c}")]
     if missing:
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
@@ -149,6 +151,10 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp(prefix="backstop-bench-")
     backend_port = free_port()
+    redis_port, redis = free_port(), None
+    if any("{redis}" in open(v.split("=", 1)[1]).read() for v in args.variant):
+        redis = start([which("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], LOAD_CORE)
+        wait_port(redis_port)
     backend = start([which("nginx"), "-c", nginx_conf(tmp, "backend", backend_port,
                      f'server {{ listen 127.0.0.1:{backend_port} backlog=4096; location / {{ return 200 "ok\\n"; }} }}')], LOAD_CORE)
     wait_port(backend_port)
@@ -189,7 +195,7 @@ routes:
     for vname, template in variants:
         p, admin = free_port(), free_port()
         bcfg = os.path.join(tmp, f"{vname}.yaml")
-        open(bcfg, "w").write(template.format(port=p, admin=admin, backend=backend_port))
+        open(bcfg, "w").write(template.format(port=p, admin=admin, backend=backend_port, redis=redis_port))
         targets[vname] = ([os.path.join(ROOT, "target/release/backstop"), "run", "-c", bcfg, "--workers", "1"], p)
     names = ["direct"] + list(targets)
     if args.only:
@@ -225,6 +231,8 @@ routes:
                     stop(proc)
     finally:
         stop(backend)
+        if redis:
+            stop(redis)
 
     med = {n: {k: statistics.median(v) for k, v in res.items() if k != "errors"} for n, res in results.items()}
     ref = med.get("nginx")

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod policy;
 pub mod runtime;
 pub mod shutdown;
+pub mod slo;
 pub mod telemetry;
 
 pub use app::App;

@@ -59,6 +59,17 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Print the Prometheus rule file (recording rules and burn-rate alerts) for the SLOs.
+    Rules {
+        /// Config file.
+        #[arg(
+            short,
+            long,
+            env = "BACKSTOP_CONFIG",
+            default_value = "config/backstop.yaml"
+        )]
+        config: PathBuf,
+    },
     /// Run simulated backends, the proxy and a load generator, all on loopback.
     Demo {
         /// Config file for the proxy.
@@ -80,6 +91,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Rules { config } => match config::load(&config) {
+            Ok(c) => {
+                print!("{}", backstop::slo::rules::render(&c.slos));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                print_issues(&config, &e);
+                ExitCode::from(EXIT_INVALID)
+            }
+        },
         Command::Run {
             config,
             log_format,

@@ -91,6 +91,17 @@ fn handle(
         (&Method::GET, "/admin/circuits") => {
             json(StatusCode::OK, &circuits::list(&state.snapshots.load()))
         }
+        (&Method::GET, "/admin/slos") => {
+            let snapshot = state.snapshots.load();
+            let now = tokio::time::Instant::now();
+            let slos: Vec<serde_json::Value> = snapshot
+                .slos
+                .all()
+                .iter()
+                .map(|s| s.describe(now))
+                .collect();
+            json(StatusCode::OK, &serde_json::json!({ "slos": slos }))
+        }
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

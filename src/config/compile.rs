@@ -69,6 +69,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
         .redis
         .as_ref()
         .and_then(|r| compile_policy::redis(&mut issues, r));
+    let slos = compile_policy::slos(&mut issues, &raw.slos, &raw.routes);
 
     if issues.0.is_empty() {
         return Ok(Config {
@@ -79,6 +80,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
             routes,
             sha256,
             redis,
+            slos,
         });
     }
     // File order reads best; problems without a position (missing sections) come last.

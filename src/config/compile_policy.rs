@@ -8,7 +8,10 @@ use serde_saphyr::Spanned;
 
 use super::model::RedisConfig;
 use super::model::{HealthCheck, LoadBalancing};
-use super::raw::{RawCircuitBreaker, RawHealthCheck, RawOutlier, RawRate, RawRateLimit, RawRedis};
+use super::raw::{
+    RawCircuitBreaker, RawHealthCheck, RawOutlier, RawRate, RawRateLimit, RawRedis, RawRoute,
+    RawSli, RawSlo,
+};
 use super::validate::{duration_or, percent, percent_or_zero, Issues};
 use crate::policy::breaker::{BreakerConfig, RateCondition};
 use crate::policy::classify::FailureSet;
@@ -16,6 +19,7 @@ use crate::policy::outlier::OutlierConfig;
 use crate::policy::rate::{LimitKey, OnError, Rate, RateLimitConfig, Scope};
 use crate::policy::retry::{NonIdempotent, RetryOn, RetryPolicy};
 use crate::policy::Mode;
+use crate::slo::{Sli, SloConfig};
 
 const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_OPEN_FOR: Duration = Duration::from_secs(120);
@@ -636,4 +640,71 @@ pub(crate) fn redis(issues: &mut Issues, raw: &Spanned<RawRedis>) -> Option<Redi
         on_error,
         cluster: r.cluster.unwrap_or(false),
     })
+}
+
+/// `slos:`
+pub(crate) fn slos(issues: &mut Issues, raw: &[RawSlo], routes: &[RawRoute]) -> Vec<SloConfig> {
+    let mut names = std::collections::HashSet::new();
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let path = format!("slos[{i}]");
+            super::validate::name(issues, &format!("{path}.name"), &s.name);
+            if !names.insert(s.name.value.as_str()) {
+                issues.at(&format!("{path}.name"), &s.name, format!("duplicate slo name {:?}", s.name.value));
+            }
+            if s.routes.value.is_empty() {
+                issues.at(&format!("{path}.routes"), &s.routes, "an slo needs at least one route".into());
+            }
+            let route_names: Vec<&str> = routes.iter().map(|r| r.name.value.as_str()).collect();
+            let covered: Vec<usize> = s
+                .routes
+                .value
+                .iter()
+                .enumerate()
+                .filter_map(|(j, r)| {
+                    let found = route_names.iter().position(|n| *n == r.value);
+                    if found.is_none() {
+                        let message = format!("unknown route {:?}", r.value);
+                        issues.unknown(&format!("{path}.routes[{j}]"), r, &r.value, message, &route_names);
+                    }
+                    found
+                })
+                .collect();
+            let objective = percent(issues, &format!("{path}.objective"), &s.objective);
+            if objective == Some(1.0) {
+                issues.at(&format!("{path}.objective"), &s.objective, "100% leaves no error budget; use e.g. 99.99%".into());
+            }
+            let day = Duration::from_secs(24 * 3600);
+            let window = duration_or(issues, &format!("{path}.window"), s.window.as_ref(), day * 28, day * 90);
+            if window < Duration::from_secs(3600) {
+                if let Some(w) = &s.window {
+                    issues.at(&format!("{path}.window"), w, "an slo window shorter than 1h is not a compliance period".into());
+                }
+            }
+            let sli = match &s.sli.value {
+                RawSli::Named(n) if n.trim() == "availability" => Sli::Availability { exclude_rate_limited: s.exclude_rate_limited.unwrap_or(false) },
+                RawSli::Named(other) => {
+                    let message = format!("unknown sli {other:?}: expected availability or {{ latency_below: 300ms }}");
+                    issues.unknown(&format!("{path}.sli"), &s.sli, other, message, &["availability"]);
+                    Sli::Availability { exclude_rate_limited: false }
+                }
+                RawSli::Latency { latency_below } => {
+                    let text = serde_saphyr::Spanned { value: latency_below.clone(), referenced: s.sli.referenced, defined: s.sli.defined };
+                    let d = super::validate::duration(issues, &format!("{path}.sli.latency_below"), &text).unwrap_or_default();
+                    let bounds = crate::metrics::DURATION_BUCKETS;
+                    if !d.is_zero() && !bounds.iter().any(|b| (b - d.as_secs_f64()).abs() < 1e-9) {
+                        let list: Vec<String> = bounds.iter().map(|b| humantime::format_duration(Duration::from_secs_f64(*b)).to_string()).collect();
+                        issues.at(
+                            &format!("{path}.sli.latency_below"),
+                            &text,
+                            format!("{latency_below} is not a bound of the duration histogram; use one of {}", list.join(", ")),
+                        );
+                    }
+                    Sli::LatencyBelow(d)
+                }
+            };
+            Some(SloConfig { name: s.name.value.clone(), routes: covered, objective: objective?, window, sli })
+        })
+        .collect()
 }

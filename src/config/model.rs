@@ -30,6 +30,8 @@ pub struct Config {
     pub sha256: String,
     /// Redis for global rate limits.
     pub redis: Option<RedisConfig>,
+    /// Service level objectives.
+    pub slos: Vec<crate::slo::SloConfig>,
 }
 
 /// The top-level `redis:` section.

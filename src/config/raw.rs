@@ -32,6 +32,40 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     /// Redis for global rate limits.
     pub redis: Option<Spanned<RawRedis>>,
+    /// Service level objectives.
+    #[serde(default)]
+    pub slos: Vec<RawSlo>,
+}
+
+/// One entry under `slos:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    /// Unique name; the `slo` label.
+    pub name: Text,
+    /// Routes whose requests count.
+    pub routes: Spanned<Vec<Text>>,
+    /// e.g. `99.9%`.
+    pub objective: Text,
+    /// e.g. `28d`.
+    pub window: Option<Text>,
+    /// `availability` or `{ latency_below: 300ms }`.
+    pub sli: Spanned<RawSli>,
+    /// Do not count backstop's own 429s against availability.
+    pub exclude_rate_limited: Option<bool>,
+}
+
+/// `sli:`
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSli {
+    /// `availability`.
+    Named(String),
+    /// `{ latency_below: 300ms }`.
+    Latency {
+        /// The threshold.
+        latency_below: String,
+    },
 }
 
 /// `redis:`

@@ -82,6 +82,11 @@ where
                 .as_ref()
                 .map_or(("", ""), |o| (o.route_name(), o.upstream_name()));
             let status = response.status().as_u16();
+            if let Some(o) = &outcome {
+                if let Some(route) = o.route {
+                    o.snapshot.slos.record(route, status, o.reason, elapsed);
+                }
+            }
             match outcome.as_ref().and_then(|o| o.route_metrics()) {
                 Some(handles) => handles.observe(&method, status, elapsed),
                 None => {

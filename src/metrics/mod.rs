@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use http::Method;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Bucket bounds of the request duration histogram, in seconds. Fine below a millisecond (a
@@ -88,6 +88,18 @@ struct Families {
     rate_limited: IntCounterVec,
     rate_limit_keys: IntGaugeVec,
     rate_limit_errors: IntCounterVec,
+    slo_events: IntCounterVec,
+    slo_objective: GaugeVec,
+    slo_budget: GaugeVec,
+    slo_burn: GaugeVec,
+}
+
+fn float_gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
 }
 
 fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -168,6 +180,10 @@ impl Metrics {
             rate_limited: counters(r, names::RATE_LIMITED_TOTAL, "Requests rejected (enforce) or that would have been (shadow) by a rate limit.", &["route", "scope", "mode"]),
             rate_limit_keys: gauges(r, names::RATE_LIMIT_KEYS, "Live keys of a route's local rate limit.", &["route"]),
             rate_limit_errors: counters(r, names::RATE_LIMIT_BACKEND_ERRORS_TOTAL, "Global rate limit decisions Redis could not make in time.", &["route"]),
+            slo_events: counters(r, names::SLO_EVENTS_TOTAL, "SLI events per SLO, good or bad.", &["slo", "result"]),
+            slo_objective: float_gauges(r, names::SLO_OBJECTIVE, "SLO objective as a ratio.", &["slo"]),
+            slo_budget: float_gauges(r, names::SLO_ERROR_BUDGET_REMAINING, "Share of the error budget left, since process start up to the SLO window; negative when overspent.", &["slo"]),
+            slo_burn: float_gauges(r, names::SLO_BURN_RATE, "Error budget burn rate seen by this process over a window (1 = spending exactly the budget).", &["slo", "window"]),
             registry,
         }))
     }
@@ -228,6 +244,27 @@ impl Metrics {
             self.0.rate_limit_keys.with_label_values(&[route]),
             self.0.rate_limit_errors.with_label_values(&[route]),
         )
+    }
+
+    /// The good and bad event counters, objective gauge and budget gauge of an SLO.
+    pub fn slo(
+        &self,
+        slo: &str,
+    ) -> (
+        [prometheus::IntCounter; 2],
+        prometheus::Gauge,
+        prometheus::Gauge,
+    ) {
+        (
+            ["good", "bad"].map(|r| self.0.slo_events.with_label_values(&[slo, r])),
+            self.0.slo_objective.with_label_values(&[slo]),
+            self.0.slo_budget.with_label_values(&[slo]),
+        )
+    }
+
+    /// The burn-rate gauge of an SLO over `window` ("5m", "30m", "1h", "6h").
+    pub fn slo_burn(&self, slo: &str, window: &str) -> prometheus::Gauge {
+        self.0.slo_burn.with_label_values(&[slo, window])
     }
 
     /// Counts a retry.

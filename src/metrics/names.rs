@@ -45,3 +45,11 @@ pub const RATE_LIMITED_TOTAL: &str = "backstop_rate_limited_total";
 pub const RATE_LIMIT_KEYS: &str = "backstop_rate_limit_keys";
 /// Global rate limit decisions Redis could not make in time.
 pub const RATE_LIMIT_BACKEND_ERRORS_TOTAL: &str = "backstop_rate_limit_backend_errors_total";
+/// SLI events per SLO, result good or bad.
+pub const SLO_EVENTS_TOTAL: &str = "backstop_slo_events_total";
+/// The SLO's objective as a ratio (0.999).
+pub const SLO_OBJECTIVE: &str = "backstop_slo_objective";
+/// Share of the error budget left, since process start up to the window (may go negative).
+pub const SLO_ERROR_BUDGET_REMAINING: &str = "backstop_slo_error_budget_remaining";
+/// Burn rate over 5m, 30m, 1h and 6h, as seen by this process.
+pub const SLO_BURN_RATE: &str = "backstop_slo_burn_rate";

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub route_limiters: Vec<Option<crate::dataplane::ratelimit::RouteLimiter>>,
     /// The shared Redis client for global rate limits.
     pub redis: Option<StdArc<crate::dataplane::ratelimit::global::Redis>>,
+    /// SLO counters and budgets.
+    pub slos: crate::slo::live::Slos,
     /// Retry budgets, in the order of `config.routes` (`None` without a retry policy).
     pub route_budgets: Vec<Option<std::sync::Mutex<RetryBudget>>>,
     /// The metrics, for the rare paths (retries, failover) that count by label.
@@ -118,6 +120,7 @@ impl Snapshot {
             })
             .collect();
         Ok(Self {
+            slos: crate::slo::live::Slos::new(&config.slos, config.routes.len(), metrics),
             route_limiters,
             redis,
             health_checks,

@@ -1,0 +1,123 @@
+//! Service level objectives: SLI counters, live error budgets, Prometheus rules.
+//!
+//! An SLO covers one or more routes. Every request on those routes is one event, good or bad:
+//! - `availability`: bad when the answer is a 5xx or a failure backstop produced itself
+//!   (connect failure, timeout, circuit open, overloaded); backstop's own 429 is bad too
+//!   unless `exclude_rate_limited: true`, which leaves those requests out entirely. A client
+//!   error (4xx) is good: the service did its job.
+//! - `latency_below: T`: good when backstop answered (headers sent) within T; T must be a
+//!   bucket bound of the duration histogram so the Prometheus rules can use it too.
+//!
+//! Events are counted in `backstop_slo_events_total{slo,result}` (so rules need no
+//! per-route arithmetic) and in an in-memory ring ([`budget`]) that drives the live budget
+//! and burn-rate gauges.
+
+pub mod budget;
+pub mod live;
+pub mod rules;
+
+use std::time::Duration;
+
+/// What makes an event good.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sli {
+    /// Not a 5xx and not a failure of backstop's own.
+    Availability {
+        /// Leave backstop's 429s out instead of counting them bad.
+        exclude_rate_limited: bool,
+    },
+    /// Answered within this time.
+    LatencyBelow(Duration),
+}
+
+/// A compiled SLO.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SloConfig {
+    /// Name (the `slo` label).
+    pub name: String,
+    /// Indices of the routes it covers.
+    pub routes: Vec<usize>,
+    /// Target share of good events, e.g. 0.999.
+    pub objective: f64,
+    /// Compliance period.
+    pub window: Duration,
+    /// What is good.
+    pub sli: Sli,
+}
+
+/// Whether an answer is a good event for `sli`; `None` when it does not count at all.
+pub fn classify(sli: Sli, status: u16, reason: Option<&str>, elapsed: Duration) -> Option<bool> {
+    match sli {
+        Sli::Availability {
+            exclude_rate_limited,
+        } => {
+            if reason == Some("rate_limited") {
+                return if exclude_rate_limited {
+                    None
+                } else {
+                    Some(false)
+                };
+            }
+            let ours_failed = matches!(
+                reason,
+                Some(
+                    "upstream_connect_failed"
+                        | "upstream_timeout"
+                        | "upstream_error"
+                        | "circuit_open"
+                        | "upstream_overloaded"
+                )
+            );
+            Some(status < 500 && !ours_failed)
+        }
+        Sli::LatencyBelow(threshold) => Some(elapsed <= threshold),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn availability_counts_5xx_and_our_failures_as_bad() {
+        let sli = Sli::Availability {
+            exclude_rate_limited: false,
+        };
+        let ms = Duration::from_millis(1);
+        assert_eq!(classify(sli, 200, None, ms), Some(true));
+        assert_eq!(
+            classify(sli, 404, None, ms),
+            Some(true),
+            "a client error is the client's"
+        );
+        assert_eq!(classify(sli, 503, None, ms), Some(false));
+        assert_eq!(classify(sli, 503, Some("circuit_open"), ms), Some(false));
+        assert_eq!(classify(sli, 429, Some("rate_limited"), ms), Some(false));
+        let excluding = Sli::Availability {
+            exclude_rate_limited: true,
+        };
+        assert_eq!(classify(excluding, 429, Some("rate_limited"), ms), None);
+        assert_eq!(
+            classify(excluding, 429, None, ms),
+            Some(true),
+            "the upstream's own 429 is not ours"
+        );
+    }
+
+    #[test]
+    fn latency_is_good_within_the_threshold() {
+        let sli = Sli::LatencyBelow(Duration::from_millis(300));
+        assert_eq!(
+            classify(sli, 200, None, Duration::from_millis(300)),
+            Some(true)
+        );
+        assert_eq!(
+            classify(sli, 500, None, Duration::from_millis(10)),
+            Some(true)
+        );
+        assert_eq!(
+            classify(sli, 200, None, Duration::from_millis(301)),
+            Some(false)
+        );
+    }
+}
