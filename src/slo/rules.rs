@@ -17,8 +17,11 @@ use super::SloConfig;
 /// Windows of the recording rules, besides the SLO period.
 pub const WINDOWS: [&str; 7] = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
 
-/// (severity, for, [(burn factor, long window, short window)]).
-const ALERTS: [(&str, &str, [(f64, &str, &str); 2]); 2] = [
+/// (burn factor, long window, short window).
+type BurnCondition = (f64, &'static str, &'static str);
+
+/// (severity, for, the two conditions, either of which fires).
+const ALERTS: [(&str, &str, [BurnCondition; 2]); 2] = [
     ("page", "2m", [(14.4, "1h", "5m"), (6.0, "6h", "30m")]),
     ("ticket", "15m", [(3.0, "1d", "2h"), (1.0, "3d", "6h")]),
 ];
