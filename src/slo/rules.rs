@@ -26,7 +26,7 @@ const ALERTS: [(&str, &str, [BurnCondition; 2]); 2] = [
     ("ticket", "15m", [(3.0, "1d", "2h"), (1.0, "3d", "6h")]),
 ];
 
-const RUNBOOK: &str = "1. Open the backstop status page / GET /admin/circuits on the admin listener: is a breaker open, an upstream unhealthy? 2. Check backstop_requests_total by status and x-backstop-reason for this SLO's routes: upstream 5xx, timeouts, circuit_open or rate_limited? 3. If a partner is failing, fail over (route failover:) or contact the partner; if backstop rejects (rate limits, bulkhead), review the limits.";
+const RUNBOOK: &str = "Check /admin/circuits and /admin/slos on the admin listener, then backstop_requests_total by status for the routes of this SLO (README: Grafana and Prometheus).";
 
 /// A Prometheus duration for `d` (whole days, hours, minutes or seconds).
 pub fn prom_duration(d: Duration) -> String {

@@ -410,3 +410,17 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Like `get`, but `None` when nothing answers (for polling a server that is starting).
+pub async fn try_get(url: String) -> Option<Answer> {
+    let resp = client()
+        .request(Request::get(url).body(Full::default()).ok()?)
+        .await
+        .ok()?;
+    let (parts, body) = resp.into_parts();
+    Some(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.ok()?.to_bytes(),
+    })
+}
