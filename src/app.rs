@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::dataplane::client::ClientError;
 use crate::dataplane::server;
 use crate::metrics::Metrics;
+use crate::runtime::reload::Reloader;
 use crate::runtime::{Snapshot, SnapshotHandle};
 
 /// Why backstop could not start.
@@ -51,9 +52,26 @@ pub struct App {
 }
 
 impl App {
-    /// Binds the listeners of `config` and starts serving.
+    /// Binds the listeners of `config` and starts serving; the config cannot be reloaded.
     pub async fn start(config: Config, metrics: Metrics) -> Result<App, StartError> {
-        let snapshots = SnapshotHandle::new(Snapshot::build(config, 1, &metrics)?);
+        Self::start_inner(config, metrics, None).await
+    }
+
+    /// Like [`App::start`], and reloads `path` on change, on SIGHUP and on `POST /admin/reload`.
+    pub async fn start_watching(
+        config: Config,
+        metrics: Metrics,
+        path: &std::path::Path,
+    ) -> Result<App, StartError> {
+        Self::start_inner(config, metrics, Some(path)).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        metrics: Metrics,
+        path: Option<&std::path::Path>,
+    ) -> Result<App, StartError> {
+        let snapshots = SnapshotHandle::new(Snapshot::build(config, 1, &metrics, None)?);
         let config = &snapshots.load().config;
         let proxy = bind("proxy", config.listen).await?;
         let admin = bind("admin", config.admin_listen).await?;
@@ -71,6 +89,11 @@ impl App {
             metrics: metrics.clone(),
             ready: ready.clone(),
             snapshots: snapshots.clone(),
+            reloader: path.map(|p| {
+                let reloader = Reloader::new(p, snapshots.clone(), &metrics);
+                reloader.watch();
+                reloader
+            }),
         };
         // The admin listener has its own stop signal: it keeps answering (readyz: 503) while
         // the proxy drains, and closes after.

@@ -180,7 +180,7 @@ async fn run(path: &Path) -> anyhow::Result<bool> {
     let Some(config) = load_config(path) else {
         return Ok(false);
     };
-    let app = App::start(config, Metrics::new()).await?;
+    let app = App::start_watching(config, Metrics::new(), path).await?;
     shutdown_signal().await?;
     tracing::info!("shutdown signal received");
     app.shutdown().await;

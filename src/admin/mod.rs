@@ -5,6 +5,7 @@
 //! Mutating endpoints answer only to clients on loopback until token auth lands.
 
 pub mod circuits;
+pub mod views;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The running config and its live state.
     pub snapshots: SnapshotHandle,
+    /// Reloads the config file; `None` when started without one (tests).
+    pub reloader: Option<std::sync::Arc<crate::runtime::reload::Reloader>>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` turns true.
@@ -44,7 +47,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
                 let state = state.clone();
                 let service = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, &req, peer.ip().is_loopback())) }
+                    async move { Ok::<_, Infallible>(handle(&state, &req, peer.ip().is_loopback()).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 tokio::spawn(async move {
@@ -56,26 +59,31 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
     }
 }
 
-fn handle(
+async fn handle(
     state: &AdminState,
     req: &Request<Incoming>,
     from_loopback: bool,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    let mutating = path.starts_with("/admin/circuits/") || path == "/admin/reload";
+    if mutating && req.method() != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST\n".into(),
+        );
+    }
+    if mutating && !authorized(state, req, from_loopback) {
+        let error = "mutating admin endpoints need the bearer token of admin.token_file (or, without one, a client on loopback)";
+        return json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({ "error": error }),
+        );
+    }
+    if path == "/admin/reload" {
+        return reload(state).await;
+    }
     if let Some(rest) = path.strip_prefix("/admin/circuits/") {
-        if req.method() != Method::POST {
-            return text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "use POST\n".into(),
-            );
-        }
-        if !from_loopback {
-            return json(
-                StatusCode::FORBIDDEN,
-                &serde_json::json!({"error": "mutating admin endpoints answer only on loopback"}),
-            );
-        }
         let Some((upstream, action)) = rest.split_once('/') else {
             return json(
                 StatusCode::NOT_FOUND,
@@ -90,6 +98,15 @@ fn handle(
     match (req.method(), path) {
         (&Method::GET, "/admin/circuits") => {
             json(StatusCode::OK, &circuits::list(&state.snapshots.load()))
+        }
+        (&Method::GET, "/admin/config") => {
+            json(StatusCode::OK, &views::config(&state.snapshots.load()))
+        }
+        (&Method::GET, "/admin/routes") => {
+            json(StatusCode::OK, &views::routes(&state.snapshots.load()))
+        }
+        (&Method::GET, "/admin/upstreams") => {
+            json(StatusCode::OK, &views::upstreams(&state.snapshots.load()))
         }
         (&Method::GET, "/admin/slos") => {
             let snapshot = state.snapshots.load();
@@ -125,6 +142,43 @@ fn handle(
             "method not allowed\n".into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// With a token configured, the request must carry it; without one, it must come from loopback.
+fn authorized(state: &AdminState, req: &Request<Incoming>, from_loopback: bool) -> bool {
+    match &state.snapshots.load().config.admin_token {
+        Some(token) => req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes())),
+        None => from_loopback,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /admin/reload`: reload now; 200 with the generation, or 422 with every problem.
+async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(reloader) = state.reloader.clone() else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "started without a config file"}),
+        );
+    };
+    match reloader.reload("POST /admin/reload").await {
+        Ok(generation) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "generation": generation }),
+        ),
+        Err(e) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "errors": e.issues() }),
+        ),
     }
 }
 

@@ -70,6 +70,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
         .as_ref()
         .and_then(|r| compile_policy::redis(&mut issues, r));
     let slos = compile_policy::slos(&mut issues, &raw.slos, &raw.routes);
+    let admin_token = admin_token(&mut issues, raw.admin.as_ref(), admin_listen);
 
     if issues.0.is_empty() {
         return Ok(Config {
@@ -81,12 +82,46 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
             sha256,
             redis,
             slos,
+            admin_token,
         });
     }
     // File order reads best; problems without a position (missing sections) come last.
     let mut found = issues.0;
     found.sort_by_key(|i| (i.position.is_none(), i.position));
     Err(found)
+}
+
+/// Reads `admin.token_file`; a non-loopback admin listener without a token is refused, since
+/// its mutating endpoints (reload, forcing breakers) would be open to the network.
+fn admin_token(
+    issues: &mut Issues,
+    raw: Option<&super::raw::RawAdmin>,
+    listen: SocketAddr,
+) -> Option<String> {
+    let file = raw.and_then(|a| a.token_file.as_ref());
+    let token = file.and_then(|f| match std::fs::read_to_string(f.value.trim()) {
+        Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+        Ok(_) => {
+            issues.at("admin.token_file", f, format!("{:?} is empty", f.value));
+            None
+        }
+        Err(e) => {
+            issues.at(
+                "admin.token_file",
+                f,
+                format!("cannot read {:?}: {e}", f.value),
+            );
+            None
+        }
+    });
+    if file.is_none() && !listen.ip().is_loopback() {
+        let message = format!("admin.listen {listen} is not on loopback: set admin.token_file so that reload and breaker changes need a token");
+        match raw.and_then(|a| a.listen.as_ref()) {
+            Some(l) => issues.at("admin.listen", l, message),
+            None => issues.add("admin.listen", None, message),
+        }
+    }
+    token
 }
 
 fn listener(

@@ -32,8 +32,13 @@ pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
 pub fn load_str(text: &str) -> Result<Config, ConfigError> {
     let raw: raw::RawConfig =
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax(syntax_issue(text, &e)))?;
-    let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
+    let sha256 = sha256_hex(text.as_bytes());
     compile::compile(&raw, sha256).map_err(ConfigError::Invalid)
+}
+
+/// Hex SHA-256 of config bytes, as [`Config::sha256`] holds it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// Turns a serde-saphyr error into an issue with the key path at the error's position.

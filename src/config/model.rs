@@ -20,6 +20,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener (metrics, health).
     pub admin_listen: SocketAddr,
+    /// Bearer token required by mutating admin endpoints (read from `admin.token_file`).
+    pub admin_token: Option<String>,
     /// Time in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Duration,
     /// Upstreams, sorted by name.
@@ -48,7 +50,7 @@ pub struct RedisConfig {
 }
 
 /// A named pool of endpoints.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// Name from the config.
     pub name: String,
@@ -127,7 +129,7 @@ pub struct Tls {
 }
 
 /// One route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Name from the config.
     pub name: String,

@@ -108,6 +108,8 @@ pub struct RawRateLimit {
 pub struct RawAdmin {
     /// Address of the admin listener.
     pub listen: Option<Text>,
+    /// File holding the bearer token for mutating admin endpoints.
+    pub token_file: Option<Text>,
 }
 
 /// One entry under `upstreams:`.

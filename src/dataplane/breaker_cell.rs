@@ -24,6 +24,7 @@ pub struct BreakerCell {
     /// Route name, "" for an upstream-level breaker.
     pub route: String,
     mode: Mode,
+    config: BreakerConfig,
     failure_on: FailureSet,
     breaker: Mutex<Breaker>,
     state_gauges: [IntGauge; 3],
@@ -70,12 +71,14 @@ impl BreakerCell {
             StateName::ALL.map(|s| metrics.circuit_state(upstream, route, s.as_str()));
         state_gauges[0].set(1);
         let failure_on = config.failure_on.clone();
+        let kept = config.clone();
         let breaker = Breaker::new(config, Instant::now(), rand::random());
         Arc::new(Self {
             upstream: upstream.to_owned(),
             route: route.to_owned(),
             mode,
             failure_on,
+            config: kept,
             rejected: metrics.circuit_rejected(upstream, route, mode.as_str()),
             breaker: Mutex::new(breaker),
             state_gauges,
@@ -146,6 +149,11 @@ impl BreakerCell {
             "consecutive_failures": b.consecutive_failures(),
             "seconds_until_half_open": b.next_probe_in(now).map(|d| d.as_secs_f64()),
         })
+    }
+
+    /// The breaker's config.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
     }
 
     /// What counts as a failure for this breaker.

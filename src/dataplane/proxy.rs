@@ -288,12 +288,12 @@ impl Proxy {
             snapshot.metrics.budget_exhausted(&route.name);
             return Err(Some("retry_budget_exhausted"));
         }
-        let wait = retry::backoff(policy, attempt, retry_after, rand::random());
-        if Instant::now() + wait + MIN_ATTEMPT > deadline {
+        let backoff = retry::backoff(policy, attempt, retry_after, rand::random());
+        if Instant::now() + backoff + MIN_ATTEMPT > deadline {
             return Err(Some("no_time_left_for_retry"));
         }
         snapshot.metrics.retry(&route.name, reason);
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(backoff).await;
         Ok(())
     }
 

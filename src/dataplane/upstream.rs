@@ -43,6 +43,10 @@ impl LiveEndpoint {
 /// An upstream ready to take requests.
 #[derive(Debug)]
 pub struct LiveUpstream {
+    /// The config it was built from (reloads compare it to carry state over).
+    pub config: Upstream,
+    /// Its active health check tasks; stopped when the upstream is dropped.
+    pub health: std::sync::OnceLock<super::tasks::Tasks>,
     /// Configured name.
     pub name: String,
     /// Endpoints in config order.
@@ -65,7 +69,25 @@ pub struct LiveUpstream {
 
 impl LiveUpstream {
     /// Builds the live upstream from its config.
-    pub fn build(config: &Upstream, metrics: &Metrics) -> Result<Self, ClientError> {
+    /// Builds the upstream, reusing `breaker` (carried over a reload) when given, and starts its
+    /// health checks. Needs a tokio runtime.
+    pub fn start(
+        config: &Upstream,
+        metrics: &Metrics,
+        breaker: Option<Arc<BreakerCell>>,
+    ) -> Result<Arc<Self>, ClientError> {
+        let live = Arc::new(Self::build(config, metrics, breaker)?);
+        if let Some(check) = &config.health_check {
+            let _ = live.health.set(super::health::start(&live, check, metrics));
+        }
+        Ok(live)
+    }
+
+    fn build(
+        config: &Upstream,
+        metrics: &Metrics,
+        breaker: Option<Arc<BreakerCell>>,
+    ) -> Result<Self, ClientError> {
         let endpoints = config
             .endpoints
             .iter()
@@ -81,6 +103,8 @@ impl LiveUpstream {
             })
             .collect();
         Ok(Self {
+            config: config.clone(),
+            health: std::sync::OnceLock::new(),
             name: config.name.clone(),
             endpoints,
             scheme: if config.tls.is_some() {
@@ -91,10 +115,12 @@ impl LiveUpstream {
             host_header: config.host_header.clone(),
             client: client::build(config)?,
             balancer: Balancer::new(&config.endpoints, config.load_balancing),
-            breaker: config
-                .circuit_breaker
-                .clone()
-                .map(|b| BreakerCell::new(b, &config.name, "", metrics)),
+            breaker: breaker.or_else(|| {
+                config
+                    .circuit_breaker
+                    .clone()
+                    .map(|b| BreakerCell::new(b, &config.name, "", metrics))
+            }),
             ejection: config.outlier_detection.clone().map(|o| {
                 let addresses = config.endpoints.iter().map(|e| e.address.clone()).collect();
                 EjectionCell::new(o, &config.name, addresses, metrics)

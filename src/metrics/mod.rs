@@ -92,6 +92,10 @@ struct Families {
     slo_objective: GaugeVec,
     slo_budget: GaugeVec,
     slo_burn: GaugeVec,
+    reloads: IntCounterVec,
+    generation: IntGauge,
+    last_reload: prometheus::Gauge,
+    config_hash: IntGaugeVec,
 }
 
 fn float_gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -184,6 +188,18 @@ impl Metrics {
             slo_objective: float_gauges(r, names::SLO_OBJECTIVE, "SLO objective as a ratio.", &["slo"]),
             slo_budget: float_gauges(r, names::SLO_ERROR_BUDGET_REMAINING, "Share of the error budget left, since process start up to the SLO window; negative when overspent.", &["slo"]),
             slo_burn: float_gauges(r, names::SLO_BURN_RATE, "Error budget burn rate seen by this process over a window (1 = spending exactly the budget).", &["slo", "window"]),
+            reloads: counters(r, names::CONFIG_RELOADS_TOTAL, "Config reloads by result.", &["result"]),
+            generation: {
+                let g = IntGauge::new(names::CONFIG_GENERATION, "Generation of the running config.").expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("metric names are unique");
+                g
+            },
+            last_reload: {
+                let g = prometheus::Gauge::new(names::CONFIG_LAST_RELOAD_SUCCESS, "Unix time of the last successful config load.").expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("metric names are unique");
+                g
+            },
+            config_hash: gauges(r, names::CONFIG_HASH, "Constant 1, labelled with the SHA-256 of the running config.", &["sha256"]),
             registry,
         }))
     }
@@ -265,6 +281,25 @@ impl Metrics {
     /// The burn-rate gauge of an SLO over `window` ("5m", "30m", "1h", "6h").
     pub fn slo_burn(&self, slo: &str, window: &str) -> prometheus::Gauge {
         self.0.slo_burn.with_label_values(&[slo, window])
+    }
+
+    /// The reload families: accepted and rejected counters, generation, last success, hash.
+    pub fn config_families(
+        &self,
+    ) -> (
+        prometheus::IntCounter,
+        prometheus::IntCounter,
+        IntGauge,
+        prometheus::Gauge,
+        IntGaugeVec,
+    ) {
+        (
+            self.0.reloads.with_label_values(&["accepted"]),
+            self.0.reloads.with_label_values(&["rejected"]),
+            self.0.generation.clone(),
+            self.0.last_reload.clone(),
+            self.0.config_hash.clone(),
+        )
     }
 
     /// Counts a retry.

@@ -53,3 +53,12 @@ pub const SLO_OBJECTIVE: &str = "backstop_slo_objective";
 pub const SLO_ERROR_BUDGET_REMAINING: &str = "backstop_slo_error_budget_remaining";
 /// Burn rate over 5m, 30m, 1h and 6h, as seen by this process.
 pub const SLO_BURN_RATE: &str = "backstop_slo_burn_rate";
+/// Config reloads by result (accepted, rejected).
+pub const CONFIG_RELOADS_TOTAL: &str = "backstop_config_reloads_total";
+/// Generation of the running config: 1 at startup, +1 per accepted reload.
+pub const CONFIG_GENERATION: &str = "backstop_config_generation";
+/// Unix time of the last successful load.
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
+    "backstop_config_last_reload_success_timestamp_seconds";
+/// Constant 1, labelled with the SHA-256 of the running config file.
+pub const CONFIG_HASH: &str = "backstop_config_hash";

@@ -83,12 +83,22 @@ pub struct Slos {
 }
 
 impl Slos {
-    /// Live state for `configs` over `routes` routes; starts the gauge refresher.
-    pub fn new(configs: &[SloConfig], routes: usize, metrics: &Metrics) -> Self {
+    /// Live state for `configs` over `routes` routes, keeping the budgets of `previous` SLOs
+    /// whose config is unchanged; starts the gauge refresher.
+    pub fn new(
+        configs: &[SloConfig],
+        routes: usize,
+        metrics: &Metrics,
+        previous: Option<&Slos>,
+    ) -> Self {
         let now = Instant::now();
         let slos: Vec<Arc<LiveSlo>> = configs
             .iter()
             .map(|c| {
+                let same = previous.and_then(|p| p.slos.iter().find(|s| s.config == *c));
+                if let Some(same) = same {
+                    return same.clone();
+                }
                 let (events, objective, budget) = metrics.slo(&c.name);
                 objective.set(c.objective);
                 budget.set(1.0);

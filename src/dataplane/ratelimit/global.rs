@@ -83,7 +83,7 @@ impl Redis {
         });
         let weak = Arc::downgrade(&redis);
         tokio::spawn(async move {
-            let mut wait = Duration::from_millis(50);
+            let mut backoff = Duration::from_millis(50);
             let mut attempt: u32 = 0;
             loop {
                 attempt += 1;
@@ -103,8 +103,8 @@ impl Redis {
                     Err(_) => {}
                 }
                 drop(redis);
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
         redis
