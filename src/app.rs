@@ -89,6 +89,7 @@ impl App {
             metrics: metrics.clone(),
             ready: ready.clone(),
             snapshots: snapshots.clone(),
+            sampler: crate::admin::status::Sampler::start(snapshots.clone()),
             reloader: path.map(|p| {
                 let reloader = Reloader::new(p, snapshots.clone(), &metrics);
                 reloader.watch();

@@ -5,6 +5,7 @@
 //! Mutating endpoints answer only to clients on loopback until token auth lands.
 
 pub mod circuits;
+pub mod status;
 pub mod views;
 
 use std::convert::Infallible;
@@ -33,6 +34,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The running config and its live state.
     pub snapshots: SnapshotHandle,
+    /// Live rates for the status page.
+    pub sampler: std::sync::Arc<status::Sampler>,
     /// Reloads the config file; `None` when started without one (tests).
     pub reloader: Option<std::sync::Arc<crate::runtime::reload::Reloader>>,
 }
@@ -98,6 +101,10 @@ async fn handle(
     match (req.method(), path) {
         (&Method::GET, "/admin/circuits") => {
             json(StatusCode::OK, &circuits::list(&state.snapshots.load()))
+        }
+        (&Method::GET, "/") => {
+            let page = status::render(&state.snapshots.load(), &state.sampler);
+            text(StatusCode::OK, "text/html; charset=utf-8", page)
         }
         (&Method::GET, "/admin/config") => {
             json(StatusCode::OK, &views::config(&state.snapshots.load()))

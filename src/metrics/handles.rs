@@ -57,6 +57,43 @@ impl RouteMetrics {
     }
 }
 
+/// Cumulative totals of one route, for the status page's live rates.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTotals {
+    /// Requests answered.
+    pub count: u64,
+    /// Of which 5xx.
+    pub errors: u64,
+    /// Duration histogram: (upper bound in seconds, cumulative count).
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl RouteMetrics {
+    /// The route's cumulative totals now.
+    pub fn totals(&self) -> RouteTotals {
+        use prometheus::core::Metric;
+        let histogram = self.duration.metric();
+        let buckets = histogram
+            .get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect();
+        let errors = self
+            .requests
+            .iter()
+            .filter_map(|table| table.get())
+            .flat_map(|table| table[400..].iter().filter_map(|c| c.get()))
+            .map(|c| c.get())
+            .sum();
+        RouteTotals {
+            count: self.duration.get_sample_count(),
+            errors,
+            buckets,
+        }
+    }
+}
+
 /// The attempt counters of one endpoint, one per result.
 #[derive(Debug)]
 pub struct EndpointMetrics([IntCounter; 5]);

@@ -165,6 +165,11 @@ impl RouteLimiter {
         }
     }
 
+    /// Requests this limit rejected (or would have, in shadow mode) so far.
+    pub fn rejected(&self) -> u64 {
+        self.limited.get()
+    }
+
     fn key<'a>(&self, headers: &'a HeaderMap, client: &'a str) -> Option<Cow<'a, str>> {
         match &self.config.key {
             LimitKey::Route => Some(Cow::Borrowed("")),

@@ -1,0 +1,247 @@
+//! `GET /`: the status page an on-call engineer opens first.
+//!
+//! Plain HTML with inline CSS, no external assets and no JavaScript; it refreshes itself every
+//! five seconds. Every route and upstream with its live request rate, error rate and p99 (over
+//! the last minute), breaker state with the reason of its last transition, endpoint health and
+//! ejections, rate-limit rejections and SLO budget bars.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metrics::handles::RouteTotals;
+use crate::runtime::{Snapshot, SnapshotHandle};
+
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+const KEEP: usize = 13; // one minute of samples
+
+/// Per-route totals sampled every few seconds, so the page can show rates over the last minute.
+#[derive(Debug, Default)]
+pub struct Sampler {
+    samples: Mutex<VecDeque<(Instant, HashMap<String, RouteTotals>)>>,
+}
+
+impl Sampler {
+    /// Starts sampling `snapshots` in the background.
+    pub fn start(snapshots: SnapshotHandle) -> Arc<Self> {
+        let sampler = Arc::new(Self::default());
+        let weak = Arc::downgrade(&sampler);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(sampler) = weak.upgrade() else {
+                    return;
+                };
+                sampler.sample(&snapshots.load());
+            }
+        });
+        sampler
+    }
+
+    fn sample(&self, snapshot: &Snapshot) {
+        let totals = snapshot
+            .config
+            .routes
+            .iter()
+            .zip(&snapshot.route_metrics)
+            .map(|(r, m)| (r.name.clone(), m.totals()))
+            .collect();
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.push_back((Instant::now(), totals));
+        while samples.len() > KEEP {
+            samples.pop_front();
+        }
+    }
+
+    /// (requests/s, error share, p99 upper bound in seconds) of `route` over the sampled span,
+    /// measured against `now` totals.
+    fn live(&self, route: &str, now: &RouteTotals) -> Option<(f64, f64, Option<f64>)> {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, oldest) = samples.front()?;
+        let old = oldest.get(route).cloned().unwrap_or_default();
+        let secs = at.elapsed().as_secs_f64().max(1.0);
+        let count = now.count.saturating_sub(old.count);
+        let errors = now.errors.saturating_sub(old.errors);
+        let share = if count == 0 {
+            0.0
+        } else {
+            errors as f64 / count as f64
+        };
+        let p99 = (count > 0)
+            .then(|| {
+                let target = (count as f64 * 0.99).ceil() as u64;
+                now.buckets
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, (bound, cumulative))| {
+                        let before = old.buckets.get(i).map_or(0, |b| b.1);
+                        (cumulative.saturating_sub(before) >= target).then_some(*bound)
+                    })
+            })
+            .flatten();
+        Some((count as f64 / secs, share, p99))
+    }
+}
+
+fn esc(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn ms(seconds: f64) -> String {
+    if seconds < 0.001 {
+        format!("{:.0} µs", seconds * 1e6)
+    } else {
+        format!("{:.0} ms", seconds * 1e3)
+    }
+}
+
+/// The whole page.
+pub fn render(snapshot: &Snapshot, sampler: &Sampler) -> String {
+    let now = Instant::now();
+    let mut h = String::with_capacity(16 * 1024);
+    let _ = write!(
+        h,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>backstop status</title><style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d2430;background:#f6f7f9}}
+h1{{font-size:20px;margin:0 0 4px}} h2{{font-size:16px;margin:28px 0 8px}}
+.meta{{color:#5b6575}} table{{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #0001}}
+th,td{{text-align:left;padding:6px 10px;border-bottom:1px solid #e6e8ec;vertical-align:top}} th{{background:#eef0f4;font-weight:600}}
+.state{{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:12px}}
+.closed,.healthy{{background:#d9f2e3;color:#12613a}} .open,.unhealthy,.ejected{{background:#fbdada;color:#8a1c1c}} .half_open{{background:#fff0c2;color:#7a5a00}}
+.bar{{background:#e6e8ec;border-radius:4px;width:220px;height:12px;display:inline-block;vertical-align:middle}}
+.fill{{height:12px;border-radius:4px}} .reason{{color:#5b6575;font-size:12px}}
+</style></head><body>
+<h1>backstop</h1><div class="meta">config generation {} · sha256 {} · refreshes every 5s · rates over the last minute</div>
+"#,
+        snapshot.generation,
+        esc(&snapshot.config.sha256[..12.min(snapshot.config.sha256.len())])
+    );
+    routes(&mut h, snapshot, sampler, now);
+    upstreams(&mut h, snapshot, now);
+    slos(&mut h, snapshot, now);
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn breaker_cell(
+    cell: Option<&Arc<crate::dataplane::breaker_cell::BreakerCell>>,
+    now: Instant,
+) -> String {
+    let Some(cell) = cell else {
+        return "—".into();
+    };
+    let d = cell.describe(now);
+    let state = d["state"].as_str().unwrap_or("");
+    let mode = if d["mode"] == "shadow" {
+        " (shadow)"
+    } else {
+        ""
+    };
+    format!(
+        r#"<span class="state {state}">{state}</span>{mode}<div class="reason">{}</div>"#,
+        esc(d["reason"].as_str().unwrap_or(""))
+    )
+}
+
+fn routes(h: &mut String, snapshot: &Snapshot, sampler: &Sampler, now: Instant) {
+    h.push_str("<h2>Routes</h2><table><tr><th>route</th><th>upstream</th><th>req/s</th><th>5xx</th><th>p99</th><th>breaker</th><th>rate limited</th></tr>\n");
+    for (i, route) in snapshot.config.routes.iter().enumerate() {
+        let upstream = &snapshot.upstreams[route.upstream];
+        let totals = snapshot.route_metrics[i].totals();
+        let (rps, errors, p99) = match sampler.live(&route.name, &totals) {
+            Some((rps, share, p99)) => (
+                format!("{rps:.1}"),
+                format!("{:.1}%", share * 100.0),
+                p99.map_or("—".into(), ms),
+            ),
+            None => ("…".into(), "…".into(), "…".into()),
+        };
+        let breaker = snapshot.route_breakers[i]
+            .as_ref()
+            .or(upstream.breaker.as_ref());
+        let limited = snapshot.route_limiters[i]
+            .as_ref()
+            .map_or("—".into(), |l| l.rejected().to_string());
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{rps}</td><td>{errors}</td><td>{p99}</td><td>{}</td><td>{limited}</td></tr>",
+            esc(&route.name),
+            esc(&upstream.name),
+            breaker_cell(breaker, now)
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+fn upstreams(h: &mut String, snapshot: &Snapshot, now: Instant) {
+    h.push_str("<h2>Upstreams</h2><table><tr><th>upstream</th><th>breaker</th><th>in flight</th><th>endpoints</th></tr>\n");
+    for u in &snapshot.upstreams {
+        let mut endpoints = String::new();
+        for (i, e) in u.endpoints.iter().enumerate() {
+            let ejected = u.ejection.as_ref().and_then(|x| x.ejected_until(i, now));
+            let (class, label) = match (e.is_healthy(), ejected) {
+                (false, _) => ("unhealthy", "unhealthy".to_string()),
+                (true, Some(until)) => (
+                    "ejected",
+                    format!(
+                        "ejected {:.0}s",
+                        until.saturating_duration_since(now).as_secs_f64()
+                    ),
+                ),
+                (true, None) => ("healthy", "healthy".to_string()),
+            };
+            let _ = write!(
+                endpoints,
+                r#"<div>{} <span class="state {class}">{label}</span> <span class="reason">{} in flight · ewma {}</span></div>"#,
+                esc(&e.address),
+                e.load.in_flight(),
+                ms(e.load.ewma().as_secs_f64())
+            );
+        }
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{endpoints}</td></tr>",
+            esc(&u.name),
+            breaker_cell(u.breaker.as_ref(), now),
+            u.bulkhead.in_flight()
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+fn slos(h: &mut String, snapshot: &Snapshot, now: Instant) {
+    if snapshot.slos.all().is_empty() {
+        return;
+    }
+    h.push_str("<h2>SLO error budgets</h2><table><tr><th>slo</th><th>objective</th><th>budget remaining (this process)</th><th>burn 5m / 1h</th></tr>\n");
+    for slo in snapshot.slos.all() {
+        let d = slo.describe(now);
+        let left = d["error_budget_remaining"].as_f64().unwrap_or(1.0);
+        let width = (left.clamp(0.0, 1.0) * 100.0).round();
+        let color = if left > 0.5 {
+            "#2e9e5b"
+        } else if left > 0.0 {
+            "#d6a100"
+        } else {
+            "#c23b3b"
+        };
+        let _ = writeln!(
+            h,
+            r#"<tr><td>{}</td><td>{:.2}%</td><td><span class="bar"><span class="fill" style="display:block;width:{width}%;background:{color}"></span></span> {:.1}%</td><td>{:.2} / {:.2}</td></tr>"#,
+            esc(&slo.config.name),
+            slo.config.objective * 100.0,
+            left * 100.0,
+            d["burn_rate"]["5m"].as_f64().unwrap_or(0.0),
+            d["burn_rate"]["1h"].as_f64().unwrap_or(0.0)
+        );
+    }
+    h.push_str("</table>\n");
+}
