@@ -58,7 +58,12 @@ enum Command {
             default_value = "config/backstop.yaml"
         )]
         config: PathBuf,
+        /// Print what a reload from OLD to NEW would change (both must be valid).
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        diff: Option<Vec<PathBuf>>,
     },
+    /// Print the JSON Schema of the config file (for editors' YAML support).
+    Schema,
     /// Print the Prometheus rule file (recording rules and burn-rate alerts) for the SLOs.
     Rules {
         /// Config file.
@@ -90,7 +95,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { config } => validate(&config),
+        Command::Validate {
+            diff: Some(files), ..
+        } => diff(&files[0], &files[1]),
+        Command::Validate { config, diff: None } => validate(&config),
+        Command::Schema => {
+            println!("{}", config::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Rules { config } => match config::load(&config) {
             Ok(c) => {
                 print!("{}", backstop::slo::rules::render(&c.slos));
@@ -139,6 +151,28 @@ fn validate(path: &Path) -> ExitCode {
             ExitCode::from(EXIT_INVALID)
         }
     }
+}
+
+fn diff(old: &Path, new: &Path) -> ExitCode {
+    let (a, b) = match (config::load(old), config::load(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            for (path, result) in [(old, a), (new, b)] {
+                if let Err(e) = result {
+                    print_issues(path, &e);
+                }
+            }
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let changes = config::diff(&a, &b);
+    if changes.is_empty() {
+        println!("no changes");
+    }
+    for line in changes {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn print_issues(path: &Path, error: &ConfigError) {

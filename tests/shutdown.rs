@@ -26,8 +26,8 @@ async fn shutdown_finishes_in_flight_requests_then_refuses() {
     );
 }
 
-/// The real binary: SIGTERM while a request is in flight; the request completes, readiness turns
-/// 503 during the drain, and the process exits 0.
+/// The real binary: SIGTERM while a request is in flight; readiness turns 503 and new
+/// connections are refused during the drain, the request completes, and the process exits 0.
 #[tokio::test]
 async fn binary_drains_on_sigterm_and_exits_zero() {
     let backend = Backend::start(Behaviour::Delay(Duration::from_millis(800))).await;
@@ -76,6 +76,15 @@ async fn binary_drains_on_sigterm_and_exits_zero() {
         async move { get(format!("http://{admin}/readyz")).await.status == 503 }
     })
     .await;
+    eventually(Duration::from_secs(5), || {
+        let proxy = proxy.clone();
+        async move { tokio::net::TcpStream::connect(proxy).await.is_err() }
+    })
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "new connections were refused while the slow request was still in flight"
+    );
     assert_eq!(in_flight.await.unwrap().status, 200);
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await

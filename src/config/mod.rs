@@ -5,6 +5,7 @@
 
 mod compile;
 mod compile_policy;
+mod diff;
 mod error;
 mod key_paths;
 mod model;
@@ -14,6 +15,7 @@ mod validate;
 use sha2::{Digest, Sha256};
 
 pub use compile::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
+pub use diff::diff;
 pub use error::{ConfigError, ConfigIssue, Position};
 pub use model::{
     Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route, Tls, Upstream,
@@ -34,6 +36,13 @@ pub fn load_str(text: &str) -> Result<Config, ConfigError> {
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax(syntax_issue(text, &e)))?;
     let sha256 = sha256_hex(text.as_bytes());
     compile::compile(&raw, sha256).map_err(ConfigError::Invalid)
+}
+
+/// The JSON Schema of the config file, generated from the same types the loader uses, for
+/// editors' YAML support.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(raw::RawConfig);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
 
 /// Hex SHA-256 of config bytes, as [`Config::sha256`] holds it.

@@ -8,21 +8,34 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 /// A string value with the place in the file it came from.
 pub type Text = Spanned<String>;
 
+/// For the JSON Schema only: where backstop reads a string, YAML may also give a number
+/// (`failure_on: [5xx, 429]`), which backstop reads as its text.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Scalar {
+    Text(String),
+    Number(f64),
+}
+
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Address the proxy listens on, `host:port`.
+    #[schemars(with = "Option<String>")]
     pub listen: Option<Text>,
     /// The admin listener (metrics, health).
     pub admin: Option<RawAdmin>,
     /// How long in-flight requests may take to finish after SIGTERM.
+    #[schemars(with = "Option<String>")]
     pub drain_timeout: Option<Text>,
     /// Named upstreams (backend pools).
     #[serde(default)]
@@ -31,6 +44,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     /// Redis for global rate limits.
+    #[schemars(with = "Option<RawRedis>")]
     pub redis: Option<Spanned<RawRedis>>,
     /// Service level objectives.
     #[serde(default)]
@@ -38,25 +52,30 @@ pub struct RawConfig {
 }
 
 /// One entry under `slos:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSlo {
     /// Unique name; the `slo` label.
+    #[schemars(with = "String")]
     pub name: Text,
     /// Routes whose requests count.
+    #[schemars(with = "Vec<String>")]
     pub routes: Spanned<Vec<Text>>,
     /// e.g. `99.9%`.
+    #[schemars(with = "String")]
     pub objective: Text,
     /// e.g. `28d`.
+    #[schemars(with = "Option<String>")]
     pub window: Option<Text>,
     /// `availability` or `{ latency_below: 300ms }`.
+    #[schemars(with = "RawSli")]
     pub sli: Spanned<RawSli>,
     /// Do not count backstop's own 429s against availability.
     pub exclude_rate_limited: Option<bool>,
 }
 
 /// `sli:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawSli {
     /// `availability`.
@@ -69,171 +88,220 @@ pub enum RawSli {
 }
 
 /// `redis:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     /// `redis://host:port[/db]`.
+    #[schemars(with = "String")]
     pub url: Text,
     /// Longest wait for one decision.
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Text>,
     /// allow | deny when Redis fails or is slow.
+    #[schemars(with = "Option<String>")]
     pub on_error: Option<Text>,
     /// Use the Redis Cluster client.
     pub cluster: Option<bool>,
 }
 
 /// `rate_limit:` on a route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     /// enforce | shadow.
+    #[schemars(with = "Option<String>")]
     pub mode: Option<Text>,
     /// `100/s`, `6000/m`, `10000/h`.
+    #[schemars(with = "String")]
     pub rate: Text,
     /// Extra requests allowed at once above the steady rate.
+    #[schemars(with = "Option<u32>")]
     pub burst: Option<Spanned<u32>>,
     /// route | client_ip | header:NAME.
+    #[schemars(with = "Option<String>")]
     pub key: Option<Text>,
     /// local | global.
+    #[schemars(with = "Option<String>")]
     pub scope: Option<Text>,
     /// reject | shared.
+    #[schemars(with = "Option<String>")]
     pub on_missing_key: Option<Text>,
     /// Most live keys kept per route (local scope).
+    #[schemars(with = "Option<u32>")]
     pub max_keys: Option<Spanned<u32>>,
 }
 
 /// `admin:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     /// Address of the admin listener.
+    #[schemars(with = "Option<String>")]
     pub listen: Option<Text>,
     /// File holding the bearer token for mutating admin endpoints.
+    #[schemars(with = "Option<String>")]
     pub token_file: Option<Text>,
 }
 
 /// One entry under `upstreams:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     /// Where the upstream's instances are.
+    #[schemars(with = "Vec<RawEndpoint>")]
     pub endpoints: Spanned<Vec<RawEndpoint>>,
     /// Time allowed to establish a TCP (and TLS) connection.
+    #[schemars(with = "Option<String>")]
     pub connect_timeout: Option<Text>,
     /// `false`, `true`, or TLS options.
+    #[schemars(with = "Option<RawTls>")]
     pub tls: Option<Spanned<RawTls>>,
     /// Replace the `Host` header sent upstream.
+    #[schemars(with = "Option<String>")]
     pub host_header: Option<Text>,
     /// How long an idle pooled connection is kept.
+    #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<Text>,
     /// Most idle pooled connections kept per endpoint.
+    #[schemars(with = "Option<u32>")]
     pub max_idle_connections: Option<Spanned<u32>>,
     /// Bulkhead: most requests in flight to this upstream; beyond it, 503 upstream_overloaded.
+    #[schemars(with = "Option<u32>")]
     pub max_concurrent_requests: Option<Spanned<u32>>,
     /// Circuit breaker for the whole upstream.
+    #[schemars(with = "Option<RawCircuitBreaker>")]
     pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
     /// Passive per-endpoint ejection.
+    #[schemars(with = "Option<RawOutlier>")]
     pub outlier_detection: Option<Spanned<RawOutlier>>,
     /// p2c_ewma | round_robin | least_request.
+    #[schemars(with = "Option<String>")]
     pub load_balancing: Option<Text>,
     /// Active health checks.
+    #[schemars(with = "Option<RawHealthCheck>")]
     pub health_check: Option<Spanned<RawHealthCheck>>,
 }
 
 /// `health_check:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     /// Path to GET.
+    #[schemars(with = "Option<String>")]
     pub path: Option<Text>,
     /// Time between checks.
+    #[schemars(with = "Option<String>")]
     pub interval: Option<Text>,
     /// Deadline of one check.
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Text>,
     /// Successes in a row that make an endpoint healthy.
+    #[schemars(with = "Option<u32>")]
     pub healthy_threshold: Option<Spanned<u32>>,
     /// Failures in a row that make an endpoint unhealthy.
+    #[schemars(with = "Option<u32>")]
     pub unhealthy_threshold: Option<Spanned<u32>>,
     /// Statuses that count as healthy: `200-299`, `204`.
+    #[schemars(with = "Option<Vec<Scalar>>")]
     pub expect_status: Option<Vec<Text>>,
 }
 
 /// `circuit_breaker:` on an upstream or a route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCircuitBreaker {
     /// enforce | shadow.
+    #[schemars(with = "Option<String>")]
     pub mode: Option<Text>,
     /// Open after N failures in a row.
+    #[schemars(with = "Option<u32>")]
     pub consecutive_failures: Option<Spanned<u32>>,
     /// Open when the failure share over a window reaches a threshold.
     pub failure_rate: Option<RawRate>,
     /// Open when the share of slow calls reaches a threshold.
     pub slow_call: Option<RawSlowCall>,
     /// First open period.
+    #[schemars(with = "Option<String>")]
     pub open_for: Option<Text>,
     /// Cap of the doubling open period.
+    #[schemars(with = "Option<String>")]
     pub max_open_for: Option<Text>,
     /// Probes while half-open.
+    #[schemars(with = "Option<u32>")]
     pub half_open_requests: Option<Spanned<u32>>,
     /// What counts as a failure.
+    #[schemars(with = "Option<Vec<Scalar>>")]
     pub failure_on: Option<Vec<Text>>,
 }
 
 /// `failure_rate:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRate {
     /// e.g. `50%`.
+    #[schemars(with = "String")]
     pub threshold: Text,
     /// Sliding window length.
+    #[schemars(with = "Option<String>")]
     pub window: Option<Text>,
     /// Fewest calls before the rate counts.
+    #[schemars(with = "Option<u32>")]
     pub min_requests: Option<Spanned<u32>>,
 }
 
 /// `slow_call:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSlowCall {
     /// A call at least this long is slow.
+    #[schemars(with = "String")]
     pub duration: Text,
     /// e.g. `80%`.
+    #[schemars(with = "String")]
     pub threshold: Text,
     /// Sliding window length (default: failure_rate's, else 30s).
+    #[schemars(with = "Option<String>")]
     pub window: Option<Text>,
     /// Fewest calls before the rate counts (default: failure_rate's, else 20).
+    #[schemars(with = "Option<u32>")]
     pub min_requests: Option<Spanned<u32>>,
 }
 
 /// `outlier_detection:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawOutlier {
     /// Failures in a row that eject an endpoint.
+    #[schemars(with = "Option<u32>")]
     pub consecutive_failures: Option<Spanned<u32>>,
     /// First ejection length.
+    #[schemars(with = "Option<String>")]
     pub base_ejection: Option<Text>,
     /// Longest ejection.
+    #[schemars(with = "Option<String>")]
     pub max_ejection: Option<Text>,
     /// Largest share of endpoints ejected at once, e.g. `50%`.
+    #[schemars(with = "Option<String>")]
     pub max_ejected: Option<Text>,
 }
 
 /// One endpoint of an upstream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawEndpoint {
     /// `host:port`.
+    #[schemars(with = "String")]
     pub address: Text,
     /// Lower is preferred.
+    #[schemars(with = "Option<u32>")]
     pub priority: Option<Spanned<u32>>,
     /// Relative share of traffic within a priority group.
+    #[schemars(with = "Option<u32>")]
     pub weight: Option<Spanned<u32>>,
 }
 
 /// `tls:` is either a switch or a table of options.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawTls {
     /// `tls: true` (verify against the bundled web PKI roots) or `tls: false`.
@@ -243,7 +311,7 @@ pub enum RawTls {
 }
 
 /// The table form of `tls:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTlsOptions {
     /// Server name sent in SNI and checked in the certificate.
@@ -255,81 +323,102 @@ pub struct RawTlsOptions {
 }
 
 /// One entry under `routes:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Unique name; used in metrics and logs.
+    #[schemars(with = "String")]
     pub name: Text,
     /// What requests this route takes.
     #[serde(rename = "match", default)]
     pub matcher: Option<RawMatch>,
     /// Name of the upstream.
+    #[schemars(with = "String")]
     pub upstream: Text,
     /// Total time allowed for the response headers.
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Text>,
     /// A breaker for this route's traffic only, instead of the upstream's.
+    #[schemars(with = "Option<RawCircuitBreaker>")]
     pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
     /// Retry policy.
+    #[schemars(with = "Option<RawRetry>")]
     pub retry: Option<Spanned<RawRetry>>,
     /// Other upstreams to use, in order, when this route's upstream cannot take the request.
+    #[schemars(with = "Option<Vec<String>>")]
     pub failover: Option<Vec<Text>>,
     /// Rate limit.
+    #[schemars(with = "Option<RawRateLimit>")]
     pub rate_limit: Option<Spanned<RawRateLimit>>,
 }
 
 /// `retry:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
     /// Total attempts, the first included.
+    #[schemars(with = "Option<u32>")]
     pub attempts: Option<Spanned<u32>>,
     /// Deadline of each attempt.
+    #[schemars(with = "Option<String>")]
     pub per_try_timeout: Option<Text>,
     /// Conditions that trigger a retry.
+    #[schemars(with = "Option<Vec<Scalar>>")]
     pub on: Option<Vec<Text>>,
     /// Exponential back-off with full jitter.
     pub backoff: Option<RawBackoff>,
     /// Retry budget.
     pub budget: Option<RawBudget>,
     /// unsent-only | idempotency-key | never.
+    #[schemars(with = "Option<String>")]
     pub non_idempotent: Option<Text>,
     /// Header carrying the idempotency key.
+    #[schemars(with = "Option<String>")]
     pub idempotency_header: Option<Text>,
     /// Largest request body kept for replay, in bytes.
+    #[schemars(with = "Option<u64>")]
     pub max_buffered_body: Option<Spanned<u64>>,
 }
 
 /// `backoff:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackoff {
     /// First back-off ceiling.
+    #[schemars(with = "Option<String>")]
     pub base: Option<Text>,
     /// Largest back-off.
+    #[schemars(with = "Option<String>")]
     pub max: Option<Text>,
 }
 
 /// `budget:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBudget {
     /// Share of requests, e.g. `20%`.
+    #[schemars(with = "Option<String>")]
     pub ratio: Option<Text>,
     /// Retries always allowed per second.
+    #[schemars(with = "Option<u32>")]
     pub min_per_second: Option<Spanned<u32>>,
 }
 
 /// `match:`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     /// Exact host (port ignored), or `*.example.com`.
+    #[schemars(with = "Option<String>")]
     pub host: Option<Text>,
     /// Path prefix, segment-aware.
+    #[schemars(with = "Option<String>")]
     pub path_prefix: Option<Text>,
     /// Allowed methods.
+    #[schemars(with = "Option<Vec<String>>")]
     pub methods: Option<Vec<Text>>,
     /// Headers that must be present with exactly this value.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Scalar>")]
     pub headers: BTreeMap<String, Text>,
 }
