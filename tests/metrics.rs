@@ -104,3 +104,46 @@ async fn health_and_readiness() {
         .header("content-type")
         .starts_with("text/plain; version=0.0.4"));
 }
+
+/// With admin.token_file, mutating endpoints need the bearer token; reads do not.
+#[tokio::test]
+async fn admin_token_guards_mutating_endpoints() {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+    let backend = Backend::start(Behaviour::Echo).await;
+    let token = std::env::temp_dir().join(format!("backstop-admin-token-{}", std::process::id()));
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let yaml = format!(
+        "upstreams:\n  svc:\n    endpoints: [{{ address: \"{}\" }}]\n    circuit_breaker: {{ consecutive_failures: 5 }}\nroutes:\n  - {{ name: all, upstream: svc }}\n",
+        backend.addr
+    );
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n  token_file: {}\n{yaml}",
+        token.display()
+    );
+    let config = backstop::config::load_str(&yaml).unwrap();
+    let app = backstop::App::start(config, backstop::metrics::Metrics::new())
+        .await
+        .unwrap();
+    let post = |auth: Option<&str>| {
+        let mut req = Request::post(format!(
+            "http://{}/admin/circuits/svc/open",
+            app.admin_addr()
+        ));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        support::send(req.body(Full::<Bytes>::default()).unwrap())
+    };
+    assert_eq!(post(None).await.status, 403, "no token, even on loopback");
+    assert_eq!(post(Some("Bearer wrong")).await.status, 403);
+    assert_eq!(post(Some("Bearer s3cret-token")).await.status, 200);
+    let config = get(format!("http://{}/admin/config", app.admin_addr())).await;
+    assert_eq!(config.status, 200, "reads need no token");
+    assert_eq!(config.json()["admin"]["token"], "***");
+    assert!(
+        !String::from_utf8_lossy(&config.body).contains("s3cret"),
+        "the token is never shown"
+    );
+}

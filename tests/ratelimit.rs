@@ -4,10 +4,14 @@ mod support;
 
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::{eventually, metrics, proxy, sample, send, Answer, Backend, Behaviour, RedisServer};
+use support::{
+    eventually, get, metrics, proxy, sample, send, Answer, Backend, Behaviour, RedisServer,
+};
 
 fn limited(backend: &Backend, limit: &str) -> String {
     format!(
@@ -200,19 +204,28 @@ fn global(backend: &Backend, redis: &RedisServer, on_error: &str) -> String {
     )
 }
 
-/// Two proxies sharing one Redis admit the configured rate together, not twice it.
+/// Two backstop processes sharing one Redis admit the configured rate together, not twice it.
 #[tokio::test]
-async fn two_proxies_share_one_global_limit() {
+async fn two_processes_share_one_global_limit() {
     let redis = RedisServer::start().await;
     let backend = Backend::start(Behaviour::Echo).await;
-    let (a, b) = (
-        proxy(&global(&backend, &redis, "deny")).await,
-        proxy(&global(&backend, &redis, "deny")).await,
+    let dir = std::env::temp_dir().join(format!("backstop-global-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("backstop.yaml");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{}",
+        global(&backend, &redis, "deny")
     );
+    std::fs::write(&file, yaml).unwrap();
+    let (a, b) = (
+        support::Binary::start(&file).await,
+        support::Binary::start(&file).await,
+    );
+    let status = |proxy: String| async move { get(format!("http://{proxy}/orders")).await.status };
     // Wait until both are connected (before that, on_error: deny answers 429).
-    for app in [&a, &b] {
-        eventually(Duration::from_secs(10), || async {
-            get_with(app, None).await.status == 200
+    for bin in [&a, &b] {
+        eventually(Duration::from_secs(10), || {
+            status(bin.proxy.clone()).then(|s| async move { s == 200 })
         })
         .await;
     }
@@ -220,8 +233,8 @@ async fn two_proxies_share_one_global_limit() {
     let started = std::time::Instant::now();
     let mut sent = 0;
     while started.elapsed() < Duration::from_secs(2) {
-        get_with(&a, None).await;
-        get_with(&b, None).await;
+        status(a.proxy.clone()).await;
+        status(b.proxy.clone()).await;
         sent += 2;
     }
     let secs = started.elapsed().as_secs_f64();
@@ -328,4 +341,33 @@ async fn global_limit_works_against_redis_cluster() {
         errors_before,
         "no errors once connected"
     );
+}
+
+/// The access log records the rate-limit decision: a shadow would-be rejection is noted on a
+/// request that was forwarded, a real rejection carries the reason.
+#[tokio::test]
+async fn access_log_records_rate_limit_decisions() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let dir = std::env::temp_dir().join(format!("backstop-ratelog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("backstop.yaml");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nupstreams:\n  partner:\n    endpoints: [{{ address: \"{}\" }}]\nroutes:\n  - {{ name: shadowed, match: {{ path_prefix: /s }}, upstream: partner, rate_limit: {{ mode: shadow, rate: 1/m }} }}\n  - {{ name: enforced, upstream: partner, rate_limit: {{ rate: 1/m }} }}\n",
+        backend.addr
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let bin = support::Binary::start(&file).await;
+    for path in ["/s", "/s", "/e", "/e"] {
+        get(format!("http://{}{path}", bin.proxy)).await;
+    }
+    eventually(Duration::from_secs(5), || async {
+        bin.logged(|l| {
+            l["route"] == "shadowed"
+                && l["note"] == "rate_limit_shadow_reject"
+                && l["status"] == 200
+        }) && bin.logged(|l| {
+            l["route"] == "enforced" && l["reason"] == "rate_limited" && l["status"] == 429
+        })
+    })
+    .await;
 }

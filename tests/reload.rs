@@ -220,3 +220,33 @@ async fn listener_changes_need_a_restart() {
         200
     );
 }
+
+/// SIGHUP makes the real binary reload its file.
+#[tokio::test]
+async fn sighup_reloads_the_file() {
+    let (a, b) = (
+        Backend::start(Behaviour::Echo).await,
+        Backend::start(Behaviour::Echo).await,
+    );
+    let d = dir("sighup");
+    let file = d.join("backstop.yaml");
+    let config = |backend: &Backend| {
+        format!("{}upstreams:\n  svc:\n    endpoints: [{{ address: \"{}\" }}]\nroutes:\n  - {{ name: all, upstream: svc }}\n", header(), backend.addr)
+    };
+    std::fs::write(&file, config(&a)).unwrap();
+    let bin = support::Binary::start(&file).await;
+    assert_eq!(
+        get(format!("http://{}/", bin.proxy)).await.json()["backend"],
+        a.addr.to_string()
+    );
+    std::fs::write(&file, config(&b)).unwrap();
+    bin.signal("-HUP");
+    eventually(Duration::from_secs(10), || async {
+        bin.logged(|l| l["trigger"] == "SIGHUP" && l["message"] == "config reloaded")
+    })
+    .await;
+    assert_eq!(
+        get(format!("http://{}/", bin.proxy)).await.json()["backend"],
+        b.addr.to_string()
+    );
+}

@@ -111,9 +111,13 @@ impl Proxy {
         };
         let client = self.client.to_str().unwrap_or("");
         let (mut response, headers) = match limiter.decide(req.headers(), client).await {
-            Decision::Admit(headers) => (
-                self.deliver(req, &snapshot, route_index, outcome, started)
-                    .await,
+            Decision::Admit(headers, note) => (
+                {
+                    let mut outcome = outcome;
+                    outcome.note = note;
+                    self.deliver(req, &snapshot, route_index, outcome, started)
+                        .await
+                },
                 headers,
             ),
             Decision::Reject(headers, retry_after) => {
@@ -221,9 +225,17 @@ impl Proxy {
             let (call, response) = send(upstream, endpoint_index, request, per_try).await;
             record(snapshot, target, call);
 
-            let hint = response.as_ref().ok().and_then(retry_after);
-            let decision = self
-                .retry_decision(
+            // Most answers match no retry condition: decide that without the async machinery.
+            let retryable = policy.is_some_and(|p| p.on.matches(call.result).is_some());
+            let hint = if retryable {
+                response.as_ref().ok().and_then(retry_after)
+            } else {
+                None
+            };
+            let decision = if !retryable {
+                Err(None)
+            } else {
+                self.retry_decision(
                     snapshot,
                     route_index,
                     kind,
@@ -233,15 +245,16 @@ impl Proxy {
                     deadline,
                     hint,
                 )
-                .await;
+                .await
+            };
             match (decision, response) {
                 (Ok(()), _) => tried.push((upstream_index, endpoint_index)),
                 (Err(note), Ok(response)) => {
-                    outcome.note = note;
+                    outcome.note = note.or(outcome.note);
                     return finish(response, outcome, None);
                 }
                 (Err(note), Err(error)) => {
-                    outcome.note = note;
+                    outcome.note = note.or(outcome.note);
                     let mut response =
                         self.fail(snapshot, route_index, upstream_index, error, outcome);
                     if kind.non_idempotent_method() && retry::outcome_unknown(call.result) {

@@ -424,3 +424,71 @@ pub async fn try_get(url: String) -> Option<Answer> {
         body: body.collect().await.ok()?.to_bytes(),
     })
 }
+
+/// The real `backstop run` binary, its addresses (read from its startup log) and its log lines.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub proxy: String,
+    pub admin: String,
+    pub logs: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Binary {
+    /// Starts `backstop run -c config` (JSON logs) and waits until it serves.
+    pub async fn start(config: &std::path::Path) -> Binary {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .args(["run", "-c"])
+            .arg(config)
+            .args(["--log-format", "json"])
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (proxy, admin) = loop {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("backstop logged its addresses")
+                .unwrap()
+                .expect("backstop is still running");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["message"] == "backstop is serving" {
+                break (
+                    v["proxy"].as_str().unwrap().to_owned(),
+                    v["admin"].as_str().unwrap().to_owned(),
+                );
+            }
+        };
+        let logs: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        Binary {
+            child,
+            proxy,
+            admin,
+            logs,
+        }
+    }
+
+    /// Sends a signal (e.g. "-HUP", "-TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Whether a log line satisfies `check`.
+    pub fn logged(&self, check: impl Fn(&serde_json::Value) -> bool) -> bool {
+        self.logs.lock().unwrap().iter().any(check)
+    }
+}

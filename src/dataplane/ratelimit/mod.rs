@@ -44,8 +44,9 @@ pub struct RouteLimiter {
 /// The outcome for one request.
 #[derive(Debug)]
 pub enum Decision {
-    /// Forward it; add these headers to the response.
-    Admit(RateHeaders),
+    /// Forward it; add these headers to the response. The note, for the access log, says when
+    /// it was admitted only because of shadow mode or a Redis failure with `on_error: allow`.
+    Admit(RateHeaders, Option<&'static str>),
     /// Answer 429 with these headers and this Retry-After.
     Reject(RateHeaders, Duration),
     /// `key: header:NAME`, the header is absent and `on_missing_key: reject`.
@@ -127,10 +128,13 @@ impl RouteLimiter {
                         let allowed = redis.on_error() == OnError::Allow;
                         let retry = Duration::from_secs(1);
                         return if allowed {
-                            Decision::Admit(RateHeaders {
-                                policy: self.policy_header.clone(),
-                                state: None,
-                            })
+                            Decision::Admit(
+                                RateHeaders {
+                                    policy: self.policy_header.clone(),
+                                    state: None,
+                                },
+                                Some("rate_limit_backend_error_allowed"),
+                            )
                         } else {
                             self.limited.inc();
                             Decision::Reject(
@@ -145,22 +149,25 @@ impl RouteLimiter {
                 }
             }
             (None, None) => {
-                return Decision::Admit(RateHeaders {
-                    policy: self.policy_header.clone(),
-                    state: None,
-                })
+                return Decision::Admit(
+                    RateHeaders {
+                        policy: self.policy_header.clone(),
+                        state: None,
+                    },
+                    None,
+                )
             }
         };
         let headers = self.headers(verdict);
         if verdict.allowed {
-            return Decision::Admit(headers);
+            return Decision::Admit(headers, None);
         }
         self.limited.inc();
         match self.config.mode {
             Mode::Enforce => Decision::Reject(headers, verdict.reset),
             Mode::Shadow => {
                 tracing::debug!(route = %self.route, "shadow rate limit would reject");
-                Decision::Admit(headers)
+                Decision::Admit(headers, Some("rate_limit_shadow_reject"))
             }
         }
     }
