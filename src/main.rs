@@ -29,18 +29,25 @@ struct Cli {
     command: Command,
 }
 
+/// `-c FILE`, shared by every command that reads a config.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// Config file.
+    #[arg(
+        short,
+        long,
+        env = "BACKSTOP_CONFIG",
+        default_value = "config/backstop.yaml"
+    )]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
     Run {
-        /// Config file.
-        #[arg(
-            short,
-            long,
-            env = "BACKSTOP_CONFIG",
-            default_value = "config/backstop.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
         /// Log line format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -50,14 +57,8 @@ enum Command {
     },
     /// Check a config file and print every problem.
     Validate {
-        /// Config file.
-        #[arg(
-            short,
-            long,
-            env = "BACKSTOP_CONFIG",
-            default_value = "config/backstop.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
         /// Print what a reload from OLD to NEW would change (both must be valid).
         #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
         diff: Option<Vec<PathBuf>>,
@@ -66,14 +67,8 @@ enum Command {
     Schema,
     /// Print the Prometheus rule file (recording rules and burn-rate alerts) for the SLOs.
     Rules {
-        /// Config file.
-        #[arg(
-            short,
-            long,
-            env = "BACKSTOP_CONFIG",
-            default_value = "config/backstop.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
     },
     /// Run simulated backends, the proxy and a load generator, all on loopback.
     Demo {
@@ -98,12 +93,14 @@ fn main() -> ExitCode {
         Command::Validate {
             diff: Some(files), ..
         } => diff(&files[0], &files[1]),
-        Command::Validate { config, diff: None } => validate(&config),
+        Command::Validate { file, diff: None } => validate(&file.config),
         Command::Schema => {
             println!("{}", config::json_schema());
             ExitCode::SUCCESS
         }
-        Command::Rules { config } => match config::load(&config) {
+        Command::Rules {
+            file: ConfigFile { config },
+        } => match config::load(&config) {
             Ok(c) => {
                 print!("{}", backstop::slo::rules::render(&c.slos));
                 ExitCode::SUCCESS
@@ -114,7 +111,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run {
-            config,
+            file: ConfigFile { config },
             log_format,
             workers,
         } => {

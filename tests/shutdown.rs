@@ -2,11 +2,9 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::{eventually, get, proxy, simple_config, Backend, Behaviour};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A slow request that is in flight when shutdown starts still gets its 200; afterwards the
 /// listener refuses connections.
@@ -39,38 +37,11 @@ async fn binary_drains_on_sigterm_and_exits_zero() {
         simple_config(&[&backend], "")
     );
     std::fs::write(&file, yaml).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .args(["run", "-c"])
-        .arg(&file)
-        .args(["--log-format", "json"])
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (proxy, admin) = loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("backstop logged its addresses")
-            .unwrap()
-            .expect("backstop is still running");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["message"] == "backstop is serving" {
-            break (
-                v["proxy"].as_str().unwrap().to_owned(),
-                v["admin"].as_str().unwrap().to_owned(),
-            );
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut bin = support::Binary::start(&file).await;
+    let (proxy, admin) = (bin.proxy.clone(), bin.admin.clone());
     let in_flight = tokio::spawn(get(format!("http://{proxy}/slow")));
     eventually(Duration::from_secs(5), || async { backend.hits() == 1 }).await;
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    bin.signal("-TERM");
     eventually(Duration::from_secs(5), || {
         let admin = admin.clone();
         async move { get(format!("http://{admin}/readyz")).await.status == 503 }
@@ -86,7 +57,7 @@ async fn binary_drains_on_sigterm_and_exits_zero() {
         "new connections were refused while the slow request was still in flight"
     );
     assert_eq!(in_flight.await.unwrap().status, 200);
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let exit = tokio::time::timeout(Duration::from_secs(10), bin.child.wait())
         .await
         .unwrap()
         .unwrap();

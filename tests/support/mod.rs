@@ -257,6 +257,16 @@ pub fn infallible<T>(v: T) -> Result<T, Infallible> {
     Ok(v)
 }
 
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+pub async fn wait_for_port(port: u16) {
+    let addr = format!("127.0.0.1:{port}");
+    eventually(Duration::from_secs(10), || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+    })
+    .await;
+}
+
 /// A real redis-server on a free loopback port, killed on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -289,12 +299,7 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is installed (./scripts/test installs it with apt-get)");
         self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
-        eventually(Duration::from_secs(10), || {
-            let addr = addr.clone();
-            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
-        })
-        .await;
+        wait_for_port(self.port).await;
     }
 
     /// Kills it.
@@ -362,12 +367,7 @@ impl RedisCluster {
             ports.push(port);
         }
         for port in &ports {
-            let addr = format!("127.0.0.1:{port}");
-            eventually(Duration::from_secs(10), || {
-                let addr = addr.clone();
-                async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
-            })
-            .await;
+            wait_for_port(*port).await;
         }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = std::process::Command::new("redis-cli")
