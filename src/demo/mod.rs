@@ -104,17 +104,21 @@ impl Demo {
         println!(
             r#"
 backstop demo is running (Ctrl-C to stop)
-  proxy:   http://{proxy}
-  admin:   http://{admin}   (/metrics, /healthz, /readyz)
+  proxy:        http://{proxy}
+  status page:  http://{admin}/          (open it in a browser; refreshes itself)
+  admin API:    http://{admin}/metrics, /admin/circuits, /admin/upstreams, /admin/slos
 
 Simulated backends change behaviour on a schedule: agency-a goes slow, then into a 5xx storm,
-then recovers (80s cycle); payments has a 10s maintenance blip every minute.
-A load generator is sending traffic through the proxy. Try:
+then recovers (80s cycle): watch its breaker open and probe. payments has a 10s maintenance
+blip every minute (its breaker is in shadow mode; retries fail over to payments-b), and
+agency-b is rate limited per merchant. A load generator is sending traffic. Try:
 
   curl -i http://{proxy}/v1/agency-a/orders/ord_1
   curl -i -X POST http://{proxy}/v1/payments -H 'Idempotency-Key: demo-1' -d '{{"amount":1299}}'
   curl -i http://{proxy}/nowhere                  # 404 with x-backstop-reason: no_route
   curl -s http://{admin}/metrics | grep backstop_requests_total
+  curl -s http://{admin}/admin/circuits
+  cargo run --release -- rules -c config/demo.yaml   # Prometheus rules for the demo's SLOs
 "#
         );
     }
