@@ -90,11 +90,6 @@ impl Balancer {
     pub fn mode(&self) -> LoadBalancing {
         self.mode
     }
-
-    /// The preferred priority.
-    pub fn first_priority(&self) -> u32 {
-        self.groups.first().map_or(0, |g| g.priority)
-    }
 }
 
 impl Group {
