@@ -322,3 +322,53 @@ async fn failover_upstream_takes_over_when_the_primary_breaker_is_open() {
         Some(1.0)
     );
 }
+
+/// Every attempt feeds the breaker: one request whose two attempts both fail opens a breaker
+/// that needs two failures in a row.
+#[tokio::test]
+async fn every_attempt_feeds_the_breaker() {
+    let backend = Backend::start(Behaviour::Status(503)).await;
+    let yaml = format!(
+        "upstreams:\n  pg:\n    endpoints: [{{ address: \"{}\" }}]\n    circuit_breaker: {{ consecutive_failures: 2, open_for: 60s }}\nroutes:\n  - name: pay\n    upstream: pg\n    retry: {{ attempts: 2, on: [503], backoff: {{ base: 1ms, max: 1ms }} }}\n",
+        backend.addr
+    );
+    let app = proxy(&yaml).await;
+    let first = get(format!("http://{}/x", app.proxy_addr())).await;
+    assert_eq!(
+        (first.status.as_u16(), first.header("x-backstop-reason")),
+        (503, "")
+    );
+    assert_eq!(backend.hits(), 2, "one request, two attempts");
+    let second = get(format!("http://{}/x", app.proxy_addr())).await;
+    assert_eq!(second.header("x-backstop-reason"), "circuit_open");
+    assert_eq!(backend.hits(), 2);
+}
+
+/// Budget exhaustion shows in the access log of the real binary, and the original failure is
+/// returned.
+#[tokio::test]
+async fn budget_exhaustion_is_an_access_log_reason() {
+    let backend = Backend::start(Behaviour::Status(503)).await;
+    let dir = std::env::temp_dir().join(format!("backstop-budget-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("backstop.yaml");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nupstreams:\n  pg:\n    endpoints: [{{ address: \"{}\" }}]\nroutes:\n  - name: pay\n    upstream: pg\n    retry: {{ attempts: 3, on: [503], backoff: {{ base: 1ms, max: 1ms }}, budget: {{ ratio: 0%, min_per_second: 1 }} }}\n",
+        backend.addr
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let bin = support::Binary::start(&file).await;
+    for _ in 0..5 {
+        assert_eq!(
+            get(format!("http://{}/x", bin.proxy)).await.status,
+            503,
+            "the original failure"
+        );
+    }
+    support::eventually(Duration::from_secs(5), || async {
+        bin.logged(|l| {
+            l["route"] == "pay" && l["note"] == "retry_budget_exhausted" && l["status"] == 503
+        })
+    })
+    .await;
+}
