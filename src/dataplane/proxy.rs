@@ -159,7 +159,7 @@ impl Proxy {
         self.prepare_headers(&mut parts);
         let kind = match policy {
             Some(p) => retry::request_kind(&parts.method, &parts.headers, p),
-            None if is_idempotent(&parts.method) => RequestKind::Idempotent,
+            None if retry::is_idempotent(&parts.method) => RequestKind::Idempotent,
             None => RequestKind::NonIdempotent,
         };
         let replayable = policy.is_some_and(|p| p.attempts > 1) || !route.failover.is_empty();
@@ -440,14 +440,6 @@ fn retry_after(response: &Response<ProxyBody>) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(secs))
-}
-
-fn is_idempotent(method: &http::Method) -> bool {
-    use http::Method;
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -41,45 +41,45 @@ pub fn choose(
     let candidates = std::iter::once(config.upstream).chain(config.failover.iter().copied());
     let mut refusal = None;
     let mut fallback = None;
-    for (n, u) in candidates.enumerate() {
-        let upstream = &snapshot.upstreams[u];
-        let breaker: Option<&Arc<BreakerCell>> = match n {
-            0 => snapshot.route_breakers[route]
-                .as_ref()
-                .or(upstream.breaker.as_ref()),
-            _ => upstream.breaker.as_ref(),
-        };
-        let Some(endpoint) = pick(upstream, u, tried, now) else {
+    for u in candidates {
+        let Some(endpoint) = pick(&snapshot.upstreams[u], u, tried, now) else {
             fallback.get_or_insert(u);
             continue;
         };
-        let permit = match breaker.map(|b| b.admit(now)) {
-            Some(Gate::Reject { retry_after }) => {
-                refusal.get_or_insert(ProxyError::CircuitOpen { retry_after });
-                continue;
+        match enter(snapshot, route, u, endpoint, now) {
+            Ok(target) => return Ok(target),
+            Err(error) => {
+                refusal.get_or_insert(error);
             }
-            Some(Gate::Pass(permit)) => Some(permit),
-            None => None,
-        };
-        let Some(slot) = upstream.bulkhead.try_enter() else {
-            refusal.get_or_insert(ProxyError::Overloaded);
-            continue;
-        };
-        return Ok(Target {
-            upstream: u,
-            endpoint,
-            permit,
-            slot,
-        });
+        }
     }
     if let Some(error) = refusal {
         return Err(error);
     }
     // No available endpoint anywhere (all down, ejected or tried): rather than fail, send to
-    // the route's upstream by its schedule, still through its breaker and bulkhead.
+    // the first upstream without one by its schedule, still through its breaker and bulkhead.
     let u = fallback.unwrap_or(config.upstream);
+    enter(
+        snapshot,
+        route,
+        u,
+        snapshot.upstreams[u].balancer.pick(),
+        now,
+    )
+}
+
+/// Passes the breaker and the bulkhead of upstream `u` for an attempt at `endpoint`. The
+/// route-level breaker, if any, guards the route's own upstream; failover upstreams (never
+/// the route's own, by validation) use their upstream-level breaker.
+fn enter(
+    snapshot: &Snapshot,
+    route: usize,
+    u: usize,
+    endpoint: usize,
+    now: Instant,
+) -> Result<Target, ProxyError> {
     let upstream = &snapshot.upstreams[u];
-    let breaker = if u == config.upstream {
+    let breaker: Option<&Arc<BreakerCell>> = if u == snapshot.config.routes[route].upstream {
         snapshot.route_breakers[route]
             .as_ref()
             .or(upstream.breaker.as_ref())
@@ -91,13 +91,14 @@ pub fn choose(
         Some(Gate::Pass(permit)) => Some(permit),
         None => None,
     };
+    // A probe admitted above is handed back by the permit's Drop if the bulkhead refuses.
     let slot = upstream
         .bulkhead
         .try_enter()
         .ok_or(ProxyError::Overloaded)?;
     Ok(Target {
         upstream: u,
-        endpoint: upstream.balancer.pick(),
+        endpoint,
         permit,
         slot,
     })

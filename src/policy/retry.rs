@@ -149,13 +149,17 @@ impl RequestKind {
     }
 }
 
-/// Classifies a request under `policy`.
-pub fn request_kind(method: &Method, headers: &HeaderMap, policy: &RetryPolicy) -> RequestKind {
-    let idempotent = matches!(
+/// Whether the method is idempotent (RFC 9110 section 9.2.2): safe to send twice.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
-    if idempotent {
+    )
+}
+
+/// Classifies a request under `policy`.
+pub fn request_kind(method: &Method, headers: &HeaderMap, policy: &RetryPolicy) -> RequestKind {
+    if is_idempotent(method) {
         RequestKind::Idempotent
     } else if policy.non_idempotent == NonIdempotent::IdempotencyKey
         && headers.contains_key(&policy.idempotency_header)

@@ -267,6 +267,22 @@ pub async fn wait_for_port(port: u16) {
     .await;
 }
 
+/// redis-server flags for a throwaway server on loopback: no persistence.
+fn redis_args(port: u16) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A real redis-server on a free loopback port, killed on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -285,16 +301,7 @@ impl RedisServer {
     /// Starts it again on the same port (after `stop`).
     pub async fn restart(&mut self) {
         let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(redis_args(self.port))
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed (./scripts/test installs it with apt-get)");
@@ -343,16 +350,7 @@ impl RedisCluster {
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
             let child = std::process::Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
+                .args(redis_args(port))
                 .args([
                     "--cluster-enabled",
                     "yes",
