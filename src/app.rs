@@ -47,7 +47,7 @@ pub struct App {
     ready: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
-    proxy_task: JoinHandle<()>,
+    proxy_task: JoinHandle<server::DrainReport>,
     admin_task: JoinHandle<()>,
 }
 
@@ -136,14 +136,23 @@ impl App {
     }
 
     /// Stops accepting, marks the process not ready, and lets in-flight requests finish up to
-    /// the drain timeout. Returns when the proxy has drained and the admin listener is closed.
-    pub async fn shutdown(self) {
+    /// the drain timeout. Returns when the proxy has drained and the admin listener is closed,
+    /// with how many requests the drain timeout cut.
+    pub async fn shutdown(self) -> server::DrainReport {
         self.ready.store(false, Ordering::Release);
         let _ = self.shutdown.send(true);
-        let _ = self.proxy_task.await;
+        let report = self.proxy_task.await.unwrap_or_default();
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin_task.await;
-        tracing::info!("backstop stopped");
+        if report.cut > 0 {
+            tracing::error!(
+                cut = report.cut,
+                "backstop stopped; the drain timeout cut requests in flight"
+            );
+        } else {
+            tracing::info!("backstop stopped");
+        }
+        report
     }
 }
 

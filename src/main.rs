@@ -17,6 +17,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code for an invalid config (`EX_CONFIG` from sysexits is 78; we use 1 as documented).
 const EXIT_INVALID: u8 = 1;
+/// Exit code when the drain timeout cut requests that were still in flight (documented).
+const EXIT_DRAIN_CUT: u8 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -116,7 +118,12 @@ fn main() -> ExitCode {
             workers,
         } => {
             telemetry::init(log_format, "info");
-            exit(runtime(workers).and_then(|rt| rt.block_on(run(&config))))
+            match runtime(workers).and_then(|rt| rt.block_on(run(&config))) {
+                Ok(Some(cut)) if cut > 0 => ExitCode::from(EXIT_DRAIN_CUT),
+                Ok(Some(_)) => ExitCode::SUCCESS,
+                Ok(None) => ExitCode::from(EXIT_INVALID),
+                Err(e) => exit(Err(e)),
+            }
         }
         Command::Demo {
             config,
@@ -207,15 +214,16 @@ fn load_config(path: &Path) -> Option<config::Config> {
     }
 }
 
-async fn run(path: &Path) -> anyhow::Result<bool> {
+/// Serves until SIGTERM/SIGINT; `None` for an invalid config, else how many requests the
+/// drain cut.
+async fn run(path: &Path) -> anyhow::Result<Option<usize>> {
     let Some(config) = load_config(path) else {
-        return Ok(false);
+        return Ok(None);
     };
     let app = App::start_watching(config, Metrics::new(), path).await?;
     shutdown_signal().await?;
     tracing::info!("shutdown signal received");
-    app.shutdown().await;
-    Ok(true)
+    Ok(Some(app.shutdown().await.cut))
 }
 
 async fn demo(path: &Path, options: backstop::demo::Options) -> anyhow::Result<bool> {

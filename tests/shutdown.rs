@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{eventually, get, proxy, simple_config, Backend, Behaviour};
+use support::{eventually, get, proxy, simple_config, try_get, Backend, Behaviour};
 
 /// A slow request that is in flight when shutdown starts still gets its 200; afterwards the
 /// listener refuses connections.
@@ -62,4 +62,37 @@ async fn binary_drains_on_sigterm_and_exits_zero() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// A request that outlasts `drain_timeout` is cut: the process says how many it cut and exits
+/// with code 3, not 0.
+#[tokio::test]
+async fn a_drain_that_cuts_requests_exits_3_and_says_how_many() {
+    let backend = Backend::start(Behaviour::Silent).await;
+    let dir = std::env::temp_dir().join(format!("backstop-drain-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yaml");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\ndrain_timeout: 300ms\n{}",
+        simple_config(&[&backend], "    timeout: 30s\n")
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let mut bin = support::Binary::start(&file).await;
+    let proxy = bin.proxy.clone();
+    let stuck = tokio::spawn(try_get(format!("http://{proxy}/stuck")));
+    eventually(Duration::from_secs(5), || async { backend.hits() == 1 }).await;
+    bin.signal("-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(10), bin.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(3), "exit status {exit:?}");
+    assert!(
+        stuck.await.unwrap().is_none(),
+        "the cut request got no answer"
+    );
+    eventually(Duration::from_secs(5), || async {
+        bin.logged(|l| l["cut"] == 1 && l["level"] == "ERROR")
+    })
+    .await;
 }

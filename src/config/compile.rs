@@ -24,6 +24,7 @@ const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_IDLE: u32 = 256;
 const MAX_WEIGHT: u32 = 1000;
 const KNOWN_METHODS: [&str; 9] = [
@@ -54,6 +55,8 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
         max_drain,
     );
 
+    let server = super::compile_server::server(&mut issues, raw.server.as_ref());
+
     let upstreams: Vec<Upstream> = raw
         .upstreams
         .iter()
@@ -77,6 +80,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
             listen,
             admin_listen,
             drain_timeout,
+            server,
             upstreams,
             routes,
             sha256,
@@ -177,6 +181,13 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
         DEFAULT_IDLE_TIMEOUT,
         Duration::from_secs(3600),
     );
+    let read_timeout = duration_or(
+        issues,
+        &format!("{path}.read_timeout"),
+        raw.read_timeout.as_ref(),
+        DEFAULT_READ_TIMEOUT,
+        Duration::from_secs(3600),
+    );
     let host_header = raw.host_header.as_ref().and_then(|h| {
         let parsed = HeaderValue::from_str(h.value.trim())
             .ok()
@@ -200,6 +211,7 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
             .and_then(|t| tls(issues, &format!("{path}.tls"), t)),
         host_header,
         idle_timeout,
+        read_timeout,
         max_idle_connections: raw
             .max_idle_connections
             .as_ref()
@@ -434,6 +446,7 @@ fn route(
         path_prefix,
         methods,
         headers,
+        allow_encoded_slashes: m.allow_encoded_slashes.unwrap_or(false),
         upstream: upstream?,
         timeout,
         circuit_breaker: raw

@@ -5,6 +5,7 @@
 
 mod compile;
 mod compile_policy;
+mod compile_server;
 mod diff;
 mod error;
 mod key_paths;
@@ -18,7 +19,8 @@ pub use compile::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
 pub use diff::diff;
 pub use error::{ConfigError, ConfigIssue, Position};
 pub use model::{
-    Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route, Tls, Upstream,
+    Cidr, Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route,
+    ServerLimits, Tls, Upstream,
 };
 
 /// Reads, parses, checks and compiles the config file at `path`.

@@ -24,6 +24,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Time in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// Limits and deadlines of the proxy listener.
+    pub server: ServerLimits,
     /// Upstreams, sorted by name.
     pub upstreams: Vec<Upstream>,
     /// Routes in match order.
@@ -34,6 +36,90 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Service level objectives.
     pub slos: Vec<crate::slo::SloConfig>,
+}
+
+/// The `server:` section: what a client connection may cost the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Deadline for a new connection's first request head (HTTP/1) or preface (HTTP/2), and
+    /// for every later request head on a keep-alive connection once its first byte arrived.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// Longest gap between two reads of a request body.
+    pub client_body_timeout: Duration,
+    /// Most open client connections; `None` derives it from the fd limit at start.
+    pub max_connections: Option<usize>,
+    /// Largest request head, in bytes.
+    pub max_request_headers_bytes: usize,
+    /// Most concurrent HTTP/2 streams per connection, and in total.
+    pub max_concurrent_streams: u32,
+    /// Most bytes kept for replay across all requests at once.
+    pub max_buffered_bytes: u64,
+    /// Peers whose forwarded headers are trusted.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(30),
+            max_connections: None,
+            max_request_headers_bytes: 64 * 1024,
+            max_concurrent_streams: 1000,
+            max_buffered_bytes: 64 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// An IP network, `10.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address.
+    pub addr: std::net::IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside this network. IPv4-mapped IPv6 addresses match IPv4 networks.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let bits = u32::from(self.prefix.min(32));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let bits = u32::from(self.prefix.min(128));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// The top-level `redis:` section.
@@ -64,6 +150,8 @@ pub struct Upstream {
     pub host_header: Option<HeaderValue>,
     /// How long an idle pooled connection is kept.
     pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a response body.
+    pub read_timeout: Duration,
     /// Most idle pooled connections kept per endpoint.
     pub max_idle_connections: usize,
     /// Bulkhead limit on requests in flight.
@@ -141,6 +229,8 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// Headers that must be present with exactly these values.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whether `%2F` and `%5C` may appear in the path of requests to this route.
+    pub allow_encoded_slashes: bool,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     /// Total deadline for the response headers, across all attempts.

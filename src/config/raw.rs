@@ -37,6 +37,8 @@ pub struct RawConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[schemars(with = "Option<String>")]
     pub drain_timeout: Option<Text>,
+    /// Limits and deadlines of the downstream listener.
+    pub server: Option<RawServer>,
     /// Named upstreams (backend pools).
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
@@ -49,6 +51,37 @@ pub struct RawConfig {
     /// Service level objectives.
     #[serde(default)]
     pub slos: Vec<RawSlo>,
+}
+
+/// `server:` limits and deadlines that protect the proxy listener from slow or hostile clients.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Time a new connection has to send its first request's headers (HTTP/1) or its preface
+    /// and first headers (HTTP/2).
+    #[schemars(with = "Option<String>")]
+    pub header_read_timeout: Option<Text>,
+    /// Longest an idle keep-alive connection (HTTP/1.1 or HTTP/2) is kept open.
+    #[schemars(with = "Option<String>")]
+    pub idle_timeout: Option<Text>,
+    /// Longest gap between two pieces of a request body before the request is answered 408.
+    #[schemars(with = "Option<String>")]
+    pub client_body_timeout: Option<Text>,
+    /// Most open client connections; `auto` derives it from the file-descriptor limit.
+    #[schemars(with = "Option<Scalar>")]
+    pub max_connections: Option<Text>,
+    /// Largest request head (request line and headers), in bytes.
+    #[schemars(with = "Option<u32>")]
+    pub max_request_headers_bytes: Option<Spanned<u32>>,
+    /// Most concurrent HTTP/2 streams, per connection and across all connections.
+    #[schemars(with = "Option<u32>")]
+    pub max_concurrent_streams: Option<Spanned<u32>>,
+    /// Most bytes of request bodies kept for replay across all requests at once.
+    #[schemars(with = "Option<u64>")]
+    pub max_buffered_bytes: Option<Spanned<u64>>,
+    /// Peers whose forwarded headers (x-forwarded-*, x-real-ip) are trusted, as CIDRs.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub trusted_proxies: Option<Vec<Text>>,
 }
 
 /// One entry under `slos:`.
@@ -162,6 +195,9 @@ pub struct RawUpstream {
     /// How long an idle pooled connection is kept.
     #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<Text>,
+    /// Longest wait for the next piece of a response body once headers arrived.
+    #[schemars(with = "Option<String>")]
+    pub read_timeout: Option<Text>,
     /// Most idle pooled connections kept per endpoint.
     #[schemars(with = "Option<u32>")]
     pub max_idle_connections: Option<Spanned<u32>>,
@@ -417,6 +453,8 @@ pub struct RawMatch {
     /// Allowed methods.
     #[schemars(with = "Option<Vec<String>>")]
     pub methods: Option<Vec<Text>>,
+    /// Let percent-encoded slashes and backslashes (`%2F`, `%5C`) through to this route.
+    pub allow_encoded_slashes: Option<bool>,
     /// Headers that must be present with exactly this value.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, Scalar>")]

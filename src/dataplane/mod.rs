@@ -4,11 +4,13 @@
 //! innermost service is [`proxy`]. Errors the proxy produces itself are mapped to responses in
 //! [`rescue`] and nowhere else.
 
+pub mod activity;
 pub mod balancer;
 pub mod body;
 pub mod breaker_cell;
 pub mod bulkhead;
 pub mod client;
+pub mod connection;
 pub mod ejection;
 pub mod forward;
 pub mod health;

@@ -46,6 +46,28 @@ pub enum ProxyError {
     /// The rate limit key header is missing and `on_missing_key: reject`.
     #[error("the header this route's rate limit is keyed on is missing")]
     RateLimitKeyMissing,
+    /// The listener-wide cap on concurrent HTTP/2 streams is reached.
+    #[error("too many concurrent HTTP/2 streams on this listener; retry shortly")]
+    TooManyStreams,
+    /// The client's request body broke off or was malformed.
+    #[error("the request body ended early or was malformed")]
+    ClientBodyError,
+    /// The client stopped sending its request body for longer than `client_body_timeout`.
+    #[error("the request body stalled for longer than the server's client_body_timeout")]
+    ClientBodyTimeout,
+    /// The client went away before the answer (logged as 499, never sent).
+    #[error("the client closed the connection before the answer")]
+    ClientClosed,
+    /// Missing, duplicate or conflicting `Host`.
+    #[error("the request needs exactly one Host header that agrees with its URI")]
+    BadHost,
+    /// The path is not acceptable (encoded slash, backslash or `;` in a dot segment, or a
+    /// path that climbs above the root).
+    #[error("the request path is not acceptable")]
+    BadPath,
+    /// A `Transfer-Encoding` other than `chunked`.
+    #[error("this transfer-encoding is not supported")]
+    UnsupportedTransferEncoding,
 }
 
 impl ProxyError {
@@ -61,6 +83,13 @@ impl ProxyError {
             ProxyError::Overloaded => "upstream_overloaded",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::RateLimitKeyMissing => "rate_limit_key_missing",
+            ProxyError::TooManyStreams => "too_many_streams",
+            ProxyError::ClientBodyError => "client_body_error",
+            ProxyError::ClientBodyTimeout => "client_body_timeout",
+            ProxyError::ClientClosed => "client_closed",
+            ProxyError::BadHost => "bad_host",
+            ProxyError::BadPath => "bad_path",
+            ProxyError::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
         }
     }
 
@@ -70,7 +99,17 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ConnectFailed | ProxyError::UpstreamError => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest | ProxyError::RateLimitKeyMissing => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest
+            | ProxyError::RateLimitKeyMissing
+            | ProxyError::ClientBodyError
+            | ProxyError::BadHost
+            | ProxyError::BadPath => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientClosed => {
+                StatusCode::from_u16(499).expect("499 is a valid status code")
+            }
+            ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::TooManyStreams => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::CircuitOpen { .. } | ProxyError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE

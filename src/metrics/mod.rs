@@ -7,6 +7,7 @@
 
 pub mod handles;
 pub mod names;
+pub mod server;
 
 use std::sync::Arc;
 

@@ -62,3 +62,12 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
     "backstop_config_last_reload_success_timestamp_seconds";
 /// Constant 1, labelled with the SHA-256 of the running config file.
 pub const CONFIG_HASH: &str = "backstop_config_hash";
+/// Client connections open on the proxy listener.
+pub const CONNECTIONS_OPEN: &str = "backstop_connections_open";
+/// The proxy listener's connection limit (`server.max_connections`, or derived).
+pub const CONNECTIONS_LIMIT: &str = "backstop_connections_limit";
+/// Client connections closed, by reason (normal, header_timeout, idle_timeout,
+/// premature_resets, error).
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "backstop_connections_closed_total";
+/// Times the proxy listener reached its connection limit and stopped accepting.
+pub const CONNECTIONS_SATURATED_TOTAL: &str = "backstop_connections_saturated_total";

@@ -1,0 +1,223 @@
+//! Serves one client connection: protocol sniffing under a deadline, HTTP/1.1 or h2c, and the
+//! connection's deadlines.
+//!
+//! The protocol is told from the first bytes (the HTTP/2 prior-knowledge preface, or anything
+//! else for HTTP/1.1), read under `header_read_timeout`, so a client that connects and never
+//! sends a byte, or stops in the middle of the preface, is cut like a slow request head. After
+//! that a watchdog applies [`Activity::deadline`] (first request, idle keep-alive, slow next
+//! head) and turns a flood of cancelled HTTP/2 streams into a GOAWAY. Deadlines close the
+//! connection gracefully (HTTP/2 GOAWAY), and for good after a short grace.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::activity::{Activity, ClientIo, Expired, ListenerLoad, Tracked};
+use super::stack;
+use crate::config::ServerLimits;
+use crate::metrics::Metrics;
+use crate::runtime::SnapshotHandle;
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long a connection told to close may take to finish what it is writing.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Per-connection HTTP/2 stream limit advertised in SETTINGS, when the listener-wide cap is
+/// larger.
+const STREAMS_PER_CONNECTION: u32 = 100;
+
+/// Everything a connection needs from its listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// The live config.
+    pub snapshots: SnapshotHandle,
+    /// The registry.
+    pub metrics: Metrics,
+    /// Counts across connections.
+    pub load: Arc<ListenerLoad>,
+}
+
+/// How a connection ended, for the `backstop_connections_closed_total` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The client closed it, or it ended normally.
+    Normal,
+    /// A deadline ended it.
+    Deadline(Expired),
+    /// Too many cancelled streams.
+    PrematureResets,
+    /// The client sent something that is not HTTP, or the connection broke.
+    Error,
+}
+
+impl Closed {
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Closed::Normal => "normal",
+            Closed::Deadline(e) => e.as_str(),
+            Closed::PrematureResets => "premature_resets",
+            Closed::Error => "error",
+        }
+    }
+}
+
+/// Serves `stream` until it closes, a deadline passes, or `drain` turns true (then in-flight
+/// requests finish and the connection closes).
+pub async fn serve(
+    stream: TcpStream,
+    remote: SocketAddr,
+    listener: Listener,
+    mut drain: watch::Receiver<bool>,
+) -> Closed {
+    let limits = listener.snapshots.load().config.server.clone();
+    let accepted = Instant::now();
+    let mut stream = stream;
+    let sniffed = tokio::select! {
+        sniffed = tokio::time::timeout(limits.header_read_timeout, sniff(&mut stream)) => sniffed,
+        _ = crate::shutdown::signalled(&mut drain) => return Closed::Normal,
+    };
+    let (prefix, http2) = match sniffed {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return Closed::Normal,
+        Ok(Err(_)) => return Closed::Error,
+        Err(_) => return Closed::Deadline(Expired::HeaderTimeout),
+    };
+    let max_streams = limits.max_concurrent_streams as usize;
+    let activity = Activity::new(http2, listener.load.clone(), max_streams);
+    let io = TokioIo::new(ClientIo::new(prefix, stream, activity.clone()));
+    let service = TowerToHyperService::new(Tracked::new(
+        stack::build(&listener.snapshots, &listener.metrics, remote.ip()),
+        activity.clone(),
+    ));
+    // Time spent sniffing counts against the first request's head.
+    let limits = ServerLimits {
+        header_read_timeout: limits
+            .header_read_timeout
+            .saturating_sub(accepted.elapsed()),
+        ..limits
+    };
+    if http2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams.min(STREAMS_PER_CONNECTION))
+            .max_header_list_size(limits.max_request_headers_bytes as u32)
+            .keep_alive_interval(limits.idle_timeout / 2)
+            .keep_alive_timeout(limits.header_read_timeout.min(Duration::from_secs(20)));
+        let conn = builder.serve_connection(io, service);
+        watch_over(conn, |c| c.graceful_shutdown(), &activity, &limits, drain).await
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // The watchdog applies header_read_timeout; hyper's own would also cut idle
+            // keep-alive connections at that time, before idle_timeout.
+            .header_read_timeout(None)
+            .max_buf_size(limits.max_request_headers_bytes.max(8192))
+            .keep_alive(true);
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        watch_over(conn, |c| c.graceful_shutdown(), &activity, &limits, drain).await
+    }
+}
+
+/// Reads until the protocol is known: `Some((bytes read, is_http2))`, `None` on a clean close.
+async fn sniff(stream: &mut TcpStream) -> std::io::Result<Option<(Bytes, bool)>> {
+    let mut buf = [0u8; 24];
+    let mut len = 0;
+    loop {
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        len += n;
+        if buf[..len] != H2_PREFACE[..len] {
+            return Ok(Some((Bytes::copy_from_slice(&buf[..len]), false)));
+        }
+        if len == H2_PREFACE.len() {
+            return Ok(Some((Bytes::copy_from_slice(&buf[..len]), true)));
+        }
+    }
+}
+
+/// Drives `conn` and closes it when a deadline passes, on a GOAWAY request, or on drain.
+async fn watch_over<C, F>(
+    conn: C,
+    shut_down: F,
+    activity: &Arc<Activity>,
+    limits: &ServerLimits,
+    mut drain: watch::Receiver<bool>,
+) -> Closed
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>>,
+    F: Fn(std::pin::Pin<&mut C>),
+{
+    tokio::pin!(conn);
+    let far = || Instant::now() + limits.idle_timeout.max(limits.header_read_timeout);
+    let next = |a: &Activity| a.deadline(limits.header_read_timeout, limits.idle_timeout);
+    let wake = tokio::time::sleep_until(match next(activity) {
+        Ok(Some(at)) => at,
+        _ => Instant::now(),
+    });
+    tokio::pin!(wake);
+    let mut closing: Option<(Closed, Instant)> = None;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                return match (closing, ended) {
+                    (Some((why, _)), _) => why,
+                    (None, Ok(())) => Closed::Normal,
+                    (None, Err(e)) => {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                        Closed::Error
+                    }
+                };
+            }
+            () = &mut wake => {
+                if let Some((why, cut_at)) = closing {
+                    if Instant::now() >= cut_at && activity.in_flight() == 0 {
+                        return why;
+                    }
+                    wake.as_mut().reset(far());
+                    continue;
+                }
+                match next(activity) {
+                    Ok(Some(at)) => wake.as_mut().reset(at),
+                    Ok(None) => wake.as_mut().reset(far()),
+                    Err(expired) => {
+                        shut_down(conn.as_mut());
+                        closing = Some((Closed::Deadline(expired), Instant::now() + CLOSE_GRACE));
+                        wake.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                    }
+                }
+            }
+            () = activity.went_idle.notified(), if closing.is_none() => {
+                match next(activity) {
+                    Ok(Some(at)) => wake.as_mut().reset(at),
+                    Ok(None) => {}
+                    Err(_) => wake.as_mut().reset(Instant::now()),
+                }
+            }
+            () = activity.go_away.notified(), if closing.is_none() => {
+                tracing::warn!("too many cancelled HTTP/2 streams on one connection; sending GOAWAY");
+                shut_down(conn.as_mut());
+                closing = Some((Closed::PrematureResets, Instant::now() + CLOSE_GRACE));
+                wake.as_mut().reset(Instant::now() + CLOSE_GRACE);
+            }
+            () = crate::shutdown::signalled(&mut drain), if !draining => {
+                draining = true;
+                shut_down(conn.as_mut());
+            }
+        }
+    }
+}
