@@ -128,3 +128,13 @@ fn unknown_field_hint(message: &str) -> Option<String> {
     let candidates = expected.split(", ").map(|c| c.trim_matches('`'));
     validate::closest(field, candidates).map(|near| format!("did you mean {near:?}?"))
 }
+
+/// Splits a validated endpoint address into host (IPv6 without brackets) and port.
+pub fn split_host_port(address: &str) -> Option<(String, u16)> {
+    let (host, port) = validate::host_port(address).ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .map_or(host.clone(), str::to_owned);
+    Some((host, port))
+}

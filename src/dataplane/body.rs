@@ -9,7 +9,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
+
+use super::pool::{PoolError, PooledBody};
 
 pin_project_lite::pin_project! {
     /// A response body. `Upstream` streams the upstream's body; `Local` holds a whole body.
@@ -18,7 +19,7 @@ pin_project_lite::pin_project! {
     #[derive(Debug)]
     pub enum ProxyBody {
         /// Streamed from the upstream, frame by frame.
-        Upstream { #[pin] body: Incoming },
+        Upstream { #[pin] body: PooledBody },
         /// Produced by backstop (errors, admin).
         Local { #[pin] body: Full<Bytes> },
     }
@@ -35,12 +36,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = PoolError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, PoolError>>> {
         match self.project() {
             ProxyBodyProj::Upstream { body } => body.poll_frame(cx),
             ProxyBodyProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),

@@ -1,23 +1,19 @@
-//! The pooled HTTP client for one upstream.
+//! The client side of one upstream: its connection pool with the upstream's connect timeout,
+//! TLS settings and pool limits.
 //!
-//! One client per upstream, so each upstream has its own connect timeout, TLS settings and
-//! connection pool. Plain and TLS upstreams share one connector type (`https_or_http`); the
-//! URI scheme we build for each attempt decides.
+//! The pool itself is [`super::pool`]; this module turns the upstream's config into it,
+//! including the rustls client config (web PKI roots, a CA file, or no verification).
 
 use std::sync::Arc;
 
-use super::request_body::RequestBody;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::ClientConfig;
 
+use super::pool::{Pool, PoolSettings};
 use crate::config::{Tls, Upstream};
 
 /// The client type every upstream uses.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+pub type UpstreamClient = Pool;
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -35,25 +31,32 @@ pub enum ClientError {
 }
 
 /// Builds the client for `upstream`.
-pub fn build(upstream: &Upstream) -> Result<UpstreamClient, ClientError> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(upstream.connect_timeout));
-    let tls_config = tls_config(upstream)?;
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config)
-        .https_or_http();
-    let sni = upstream.tls.as_ref().and_then(|t| t.sni.clone());
-    let builder = match sni.and_then(|name| ServerName::try_from(name).ok()) {
-        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
-        None => builder,
+pub fn build(
+    upstream: &Upstream,
+    metrics: &crate::metrics::Metrics,
+) -> Result<UpstreamClient, ClientError> {
+    let settings = PoolSettings {
+        connect_timeout: upstream.connect_timeout,
+        idle_timeout: upstream.idle_timeout,
+        max_idle: upstream.max_idle_connections,
+        read_timeout: upstream.read_timeout,
     };
-    let connector = builder.enable_http1().wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(upstream.idle_timeout)
-        .pool_max_idle_per_host(upstream.max_idle_connections)
-        .build(connector))
+    let tls = match &upstream.tls {
+        Some(t) => Some((Arc::new(tls_config(upstream)?), t.sni.clone())),
+        None => None,
+    };
+    let addresses: Vec<String> = upstream
+        .endpoints
+        .iter()
+        .map(|e| e.address.clone())
+        .collect();
+    Ok(Pool::new(
+        &upstream.name,
+        &addresses,
+        settings,
+        tls,
+        metrics,
+    ))
 }
 
 fn tls_config(upstream: &Upstream) -> Result<ClientConfig, ClientError> {

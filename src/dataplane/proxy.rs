@@ -26,6 +26,7 @@ use tower::Service;
 use super::body::ProxyBody;
 use super::forward;
 use super::outcome::Outcome;
+use super::pool::SendError;
 use super::ratelimit::Decision;
 use super::replay::ReplayBody;
 use super::request_body::RequestBody;
@@ -341,27 +342,27 @@ impl Proxy {
     }
 }
 
-/// The request for `endpoint` of `upstream`; `None` if its URI cannot be rebuilt.
+/// The request for `endpoint` of `upstream`, in origin form (`/path?query`) with a `Host`;
+/// `None` if the endpoint does not exist.
 fn upstream_request(
     mut parts: Parts,
     body: RequestBody,
     upstream: &LiveUpstream,
     endpoint: usize,
 ) -> Option<Request<RequestBody>> {
+    let target = upstream.endpoints.get(endpoint)?;
     if let Some(host) = &upstream.host_header {
         parts.headers.insert(header::HOST, host.clone());
+    } else if !parts.headers.contains_key(header::HOST) {
+        let host = HeaderValue::from_str(target.authority.as_str()).ok()?;
+        parts.headers.insert(header::HOST, host);
     }
     let path = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.endpoints.get(endpoint)?.authority.clone())
-        .path_and_query(path)
-        .build()
-        .ok()?;
+    parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
     Some(Request::from_parts(parts, body))
 }
@@ -376,7 +377,7 @@ async fn send(
     let endpoint = &upstream.endpoints[endpoint_index];
     let started = Instant::now();
     let in_flight = endpoint.load.start();
-    let sent = upstream.client.request(request);
+    let sent = upstream.client.send(endpoint_index, request);
     let (result, response) = match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(mut response)) => {
             forward::strip_hop_by_hop(response.headers_mut());
@@ -386,11 +387,11 @@ async fn send(
                 Ok(response.map(|body| ProxyBody::Upstream { body })),
             )
         }
-        Ok(Err(e)) if e.is_connect() => {
-            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(&e), "connect failed");
+        Ok(Err(SendError::Connect(e))) => {
+            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %e, "connect failed");
             (CallResult::ConnectFailure, Err(ProxyError::ConnectFailed))
         }
-        Ok(Err(e)) => {
+        Ok(Err(SendError::Failed(e))) => {
             tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream error");
             (CallResult::Reset, Err(ProxyError::UpstreamError))
         }

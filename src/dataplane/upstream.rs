@@ -113,7 +113,7 @@ impl LiveUpstream {
                 Scheme::HTTP
             },
             host_header: config.host_header.clone(),
-            client: client::build(config)?,
+            client: client::build(config, metrics)?,
             balancer: Balancer::new(&config.endpoints, config.load_balancing),
             breaker: breaker.or_else(|| {
                 config

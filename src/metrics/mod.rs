@@ -97,6 +97,7 @@ struct Families {
     generation: IntGauge,
     last_reload: prometheus::Gauge,
     config_hash: IntGaugeVec,
+    read_timeouts: IntCounterVec,
 }
 
 fn float_gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -201,6 +202,7 @@ impl Metrics {
                 g
             },
             config_hash: gauges(r, names::CONFIG_HASH, "Constant 1, labelled with the SHA-256 of the running config.", &["sha256"]),
+            read_timeouts: counters(r, names::UPSTREAM_READ_TIMEOUTS_TOTAL, "Upstream response bodies cut because no data arrived for read_timeout.", &["upstream", "endpoint"]),
             registry,
         }))
     }
@@ -350,6 +352,13 @@ impl Metrics {
             self.0.upstream_in_flight.with_label_values(&[upstream]),
             self.0.overload_rejected.with_label_values(&[upstream]),
         )
+    }
+
+    /// The counter of response bodies of one endpoint cut by `read_timeout`.
+    pub fn read_timeout_handle(&self, upstream: &str, endpoint: &str) -> prometheus::IntCounter {
+        self.0
+            .read_timeouts
+            .with_label_values(&[upstream, endpoint])
     }
 
     /// The registry, for modules that add their own families.

@@ -71,3 +71,5 @@ pub const CONNECTIONS_LIMIT: &str = "backstop_connections_limit";
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "backstop_connections_closed_total";
 /// Times the proxy listener reached its connection limit and stopped accepting.
 pub const CONNECTIONS_SATURATED_TOTAL: &str = "backstop_connections_saturated_total";
+/// Upstream response bodies cut because no data arrived for `read_timeout`, per endpoint.
+pub const UPSTREAM_READ_TIMEOUTS_TOTAL: &str = "backstop_upstream_read_timeouts_total";

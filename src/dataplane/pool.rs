@@ -1,0 +1,486 @@
+//! Our own upstream connection pool: HTTP/1.1 connections per endpoint, on
+//! `hyper::client::conn::http1`.
+//!
+//! Why not hyper-util's pooled client: retries need to know exactly whether a request was
+//! written, and a pool must never hand out a connection the upstream already closed. Here:
+//! - An idle connection is checked before reuse: closed by hyper, not ready, idle longer than
+//!   `idle_timeout`, or readable (EOF or stray bytes: the upstream half-closed it, or a TLS
+//!   close_notify arrived) means it is dropped and the next one is tried. The check peeks at
+//!   the socket without consuming anything.
+//! - A request that hyper hands back unsent (the connection turned out closed before a byte
+//!   of it was written) is sent again on another connection: it was provably never delivered,
+//!   whatever its method.
+//! - A connection goes back to the pool only after its response body was read to the end; a
+//!   body dropped early closes it, so a connection is never reused mid-response.
+//! - A response body that stalls for `read_timeout` between two pieces is cut
+//!   ([`PoolError::ReadTimeout`] from the body), and its connection is closed.
+//!
+//! At most `max_idle_connections` idle connections are kept per endpoint (newest reused
+//! first, so surplus ones age out).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsConnector;
+
+use super::request_body::RequestBody;
+
+/// How sending one request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made (TCP or TLS) in time: nothing was sent.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The connection failed after the request may have been written.
+    #[error("{0}")]
+    Failed(hyper::Error),
+}
+
+/// Errors of a response body read through the pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The upstream's body broke off.
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    /// No piece of the body arrived for `read_timeout`.
+    #[error("the upstream's response body stalled for longer than read_timeout")]
+    ReadTimeout,
+}
+
+/// Where one endpoint is and how to reach it.
+#[derive(Debug)]
+pub struct Target {
+    /// `host:port` as configured.
+    pub address: String,
+    host: String,
+    port: u16,
+    server_name: Option<ServerName<'static>>,
+    idle: Mutex<Vec<Idle>>,
+    read_timeouts: prometheus::IntCounter,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    socket: Arc<TcpStream>,
+    since: Instant,
+}
+
+/// Settings shared by every endpoint of one upstream.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// TCP (+ TLS) connect deadline.
+    pub connect_timeout: Duration,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+    /// Most idle connections kept per endpoint.
+    pub max_idle: usize,
+    /// Longest wait for the next piece of a response body.
+    pub read_timeout: Duration,
+}
+
+/// The pool of one upstream.
+pub struct Pool {
+    settings: PoolSettings,
+    tls: Option<TlsConnector>,
+    targets: Vec<Arc<Target>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("settings", &self.settings)
+            .field("tls", &self.tls.is_some())
+            .field("targets", &self.targets)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool for `addresses` (`host:port` each), over TLS when `tls` is given; `sni`
+    /// overrides the name sent and verified.
+    pub fn new(
+        upstream: &str,
+        addresses: &[String],
+        settings: PoolSettings,
+        tls: Option<(Arc<rustls::ClientConfig>, Option<String>)>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        let sni = tls.as_ref().and_then(|(_, sni)| sni.clone());
+        let targets = addresses
+            .iter()
+            .map(|address| {
+                let (host, port) = crate::config::split_host_port(address)
+                    .unwrap_or_else(|| (address.clone(), 80));
+                let name = sni.clone().unwrap_or_else(|| host.clone());
+                Arc::new(Target {
+                    address: address.clone(),
+                    server_name: ServerName::try_from(name).ok(),
+                    host,
+                    port,
+                    idle: Mutex::new(Vec::new()),
+                    read_timeouts: metrics.read_timeout_handle(upstream, address),
+                })
+            })
+            .collect();
+        Self {
+            settings,
+            tls: tls.map(|(config, _)| TlsConnector::from(config)),
+            targets,
+        }
+    }
+
+    /// Index of the endpoint whose address is `authority`, for callers that address by URI.
+    pub fn endpoint_of(&self, authority: &str) -> Option<usize> {
+        self.targets.iter().position(|t| t.address == authority)
+    }
+
+    /// Sends `request` to the endpoint its URI names (health checks address endpoints by URI).
+    pub async fn request(
+        &self,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let authority = request.uri().authority().map(|a| a.as_str().to_owned());
+        let endpoint = authority
+            .as_deref()
+            .and_then(|a| self.endpoint_of(a))
+            .ok_or_else(|| SendError::Connect(format!("no endpoint {authority:?}")))?;
+        if let Some(path) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = http::Uri::from(path);
+        }
+        if !request.headers().contains_key(http::header::HOST) {
+            if let Ok(host) = http::HeaderValue::from_str(&self.targets[endpoint].address) {
+                request.headers_mut().insert(http::header::HOST, host);
+            }
+        }
+        self.send(endpoint, request).await
+    }
+
+    /// Idle connections kept for `endpoint` right now.
+    pub fn idle_count(&self, endpoint: usize) -> usize {
+        self.targets
+            .get(endpoint)
+            .map_or(0, |t| lock(&t.idle).len())
+    }
+
+    /// Sends `request` to `endpoint`. A reused connection that turns out closed before the
+    /// request was written is replaced by another (or a new one), transparently.
+    pub async fn send(
+        &self,
+        endpoint: usize,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let target = self
+            .targets
+            .get(endpoint)
+            .ok_or_else(|| SendError::Connect(format!("no endpoint {endpoint}")))?;
+        loop {
+            let (mut conn, reused) = match self.checkout(target) {
+                Some(idle) => (idle, true),
+                None => (self.connect(target).await?, false),
+            };
+            match conn.sender.try_send_request(request).await {
+                Ok(response) => {
+                    let returner = Returner {
+                        target: Arc::downgrade(target),
+                        conn: Some(conn),
+                        max_idle: self.settings.max_idle,
+                    };
+                    return Ok(response.map(|body| PooledBody {
+                        body,
+                        returner,
+                        read_timeout: self.settings.read_timeout,
+                        stall: None,
+                        rearm: true,
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: try again, on a connection we have not tried yet.
+                    Some(unsent) if reused => request = unsent,
+                    Some(_) => {
+                        return Err(SendError::Connect(format!(
+                            "new connection closed before the request: {}",
+                            e.error()
+                        )))
+                    }
+                    None => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The newest idle connection that is still usable; stale ones are dropped on the way.
+    fn checkout(&self, target: &Target) -> Option<Conn> {
+        let now = Instant::now();
+        let mut idle = lock(&target.idle);
+        while let Some(conn) = idle.pop() {
+            if now.duration_since(conn.since) >= self.settings.idle_timeout
+                || conn.sender.is_closed()
+                || !conn.sender.is_ready()
+                || !quiet(&conn.socket)
+            {
+                continue;
+            }
+            return Some(Conn {
+                sender: conn.sender,
+                socket: conn.socket,
+            });
+        }
+        None
+    }
+
+    async fn connect(&self, target: &Target) -> Result<Conn, SendError> {
+        let connect = async {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((target.host.as_str(), target.port))
+                    .await
+                    .map_err(|e| SendError::Connect(format!("resolve {}: {e}", target.address)))?
+                    .collect();
+            let mut last = None;
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(tcp) => return Ok(tcp),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(SendError::Connect(match last {
+                Some(e) => format!("{}: {e}", target.address),
+                None => format!("{}: no address", target.address),
+            }))
+        };
+        let timeout = self.settings.connect_timeout;
+        let deadline = Instant::now() + timeout;
+        let tcp = tokio::time::timeout_at(deadline, connect)
+            .await
+            .map_err(|_| SendError::Connect(format!("{}: timed out", target.address)))??;
+        let _ = tcp.set_nodelay(true);
+        let socket = Arc::new(tcp);
+        let io = SharedTcp(socket.clone());
+        let builder = http1::Builder::new();
+        let sender = match &self.tls {
+            None => {
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(|e| SendError::Connect(e.to_string()))?;
+                tokio::spawn(conn);
+                sender
+            }
+            Some(tls) => {
+                let name = target.server_name.clone().ok_or_else(|| {
+                    SendError::Connect(format!("{}: invalid TLS server name", target.address))
+                })?;
+                let stream = tokio::time::timeout_at(deadline, tls.connect(name, io))
+                    .await
+                    .map_err(|_| {
+                        SendError::Connect(format!("{}: TLS handshake timed out", target.address))
+                    })?
+                    .map_err(|e| SendError::Connect(format!("{}: TLS: {e}", target.address)))?;
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| SendError::Connect(e.to_string()))?;
+                tokio::spawn(conn);
+                sender
+            }
+        };
+        Ok(Conn { sender, socket })
+    }
+}
+
+/// Whether nothing is waiting to be read on an idle connection: no EOF, no stray bytes.
+fn quiet(socket: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // The socket is non-blocking (tokio); a peek takes nothing off it.
+    match socket2::SockRef::from(socket).peek(&mut byte) {
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        Ok(_) => false,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug)]
+struct Conn {
+    sender: http1::SendRequest<RequestBody>,
+    socket: Arc<TcpStream>,
+}
+
+/// Puts a connection back into its endpoint's idle list once its response was read whole.
+#[derive(Debug)]
+struct Returner {
+    target: Weak<Target>,
+    conn: Option<Conn>,
+    max_idle: usize,
+}
+
+impl Returner {
+    fn give_back(&mut self) {
+        let (Some(conn), Some(target)) = (self.conn.take(), self.target.upgrade()) else {
+            return;
+        };
+        let mut idle = lock(&target.idle);
+        if idle.len() >= self.max_idle {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender: conn.sender,
+            socket: conn.socket,
+            since: Instant::now(),
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body. At its end the connection returns to the pool; dropped
+    /// early, or stalled past `read_timeout`, the connection is closed.
+    #[derive(Debug)]
+    pub struct PooledBody {
+        #[pin]
+        body: Incoming,
+        returner: Returner,
+        read_timeout: Duration,
+        stall: Option<Pin<Box<Sleep>>>,
+        rearm: bool,
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = PoolError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, PoolError>>> {
+        let mut this = self.project();
+        match this.body.as_mut().poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.returner.give_back();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.rearm = true;
+                // hyper may stop polling once the body says it ended: return the connection
+                // as soon as the last byte is in.
+                if this.body.is_end_stream() {
+                    this.returner.give_back();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.returner.conn = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => {
+                let deadline = Instant::now() + *this.read_timeout;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if std::mem::take(this.rearm) {
+                    stall.as_mut().reset(deadline);
+                }
+                ready!(stall.as_mut().poll(cx));
+                this.returner.conn = None;
+                if let Some(target) = this.returner.target.upgrade() {
+                    target.read_timeouts.inc();
+                }
+                Poll::Ready(Some(Err(PoolError::ReadTimeout)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+use std::future::Future as _;
+
+/// A TCP stream shared between hyper (which reads and writes it) and the pool (which peeks at
+/// it before reuse).
+#[derive(Debug)]
+struct SharedTcp(Arc<TcpStream>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match self.0.try_read(unfilled) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
+}

@@ -1,0 +1,246 @@
+//! The upstream connection pool against raw-socket backends that misbehave at the connection
+//! level: closing keep-alive connections right after answering, stalling mid-body. Deliveries
+//! and connections are counted at the backend.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Answer 200 "ok" and close the connection at once, without `Connection: close`.
+    CloseAfterAnswer,
+    /// Answer with keep-alive, headers and half the body, then stall for good.
+    StallMidBody,
+    /// Answer with keep-alive, an 8 MiB body (more than socket buffers hold).
+    KeepAliveBig,
+}
+
+/// A raw HTTP/1.1 backend counting requests read whole and connections accepted.
+#[derive(Clone)]
+struct RawBackend {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+impl RawBackend {
+    async fn start(mode: Mode) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = RawBackend {
+            addr: listener.local_addr().unwrap(),
+            requests: Arc::default(),
+            connections: Arc::default(),
+            closed: Arc::default(),
+        };
+        let b = backend.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                b.connections.fetch_add(1, Ordering::SeqCst);
+                let b = b.clone();
+                tokio::spawn(async move { b.serve(stream, mode).await });
+            }
+        });
+        backend
+    }
+
+    async fn serve(&self, mut stream: TcpStream, mode: Mode) {
+        let mut buf = Vec::new();
+        loop {
+            let Some(request_len) = read_request(&mut stream, &mut buf).await else {
+                self.closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            };
+            buf.drain(..request_len);
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            match mode {
+                Mode::CloseAfterAnswer => {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    return;
+                }
+                Mode::StallMidBody => {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf.")
+                        .await;
+                    let mut sink = [0u8; 64];
+                    // Stall until the proxy gives up and closes.
+                    while let Ok(n) = stream.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    self.closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Mode::KeepAliveBig => {
+                    let body = vec![b'x'; 8 << 20];
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                    if stream.write_all(head.as_bytes()).await.is_err()
+                        || stream.write_all(&body).await.is_err()
+                    {
+                        self.closed.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads one request (head and content-length body) into `buf`; its length, or `None` at EOF.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            if buf.len() >= end + 4 + len {
+                return Some(end + 4 + len);
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn raw_config(backend: &RawBackend, upstream_extra: &str, route_extra: &str) -> String {
+    format!(
+        "upstreams:\n  svc:\n    endpoints:\n      - address: {}\n{upstream_extra}routes:\n  - name: all\n    upstream: svc\n{route_extra}",
+        backend.addr
+    )
+}
+
+/// An upstream that closes every keep-alive connection right after answering (no
+/// `Connection: close`): POSTs without a key are delivered exactly once each, none fails and
+/// none is marked "outcome unknown".
+#[tokio::test]
+async fn a_connection_the_upstream_closed_is_never_reused() {
+    let backend = RawBackend::start(Mode::CloseAfterAnswer).await;
+    let app = proxy(&raw_config(&backend, "", "")).await;
+    let url = format!("http://{}/pay", app.proxy_addr());
+    let client = client();
+    let mut failures = Vec::new();
+    let mut sent = 0;
+    for round in 0..250 {
+        let mut batch = Vec::new();
+        for i in 0..4 {
+            let req = Request::post(&url)
+                .body(Full::new(Bytes::from(format!("payment {round}-{i}"))))
+                .unwrap();
+            batch.push(client.request(req));
+            sent += 1;
+        }
+        for resp in futures_util::future::join_all(batch).await {
+            let resp = resp.expect("the proxy answered");
+            if resp.status() != StatusCode::OK || resp.headers().contains_key("x-backstop-outcome")
+            {
+                failures.push((resp.status(), resp.headers().clone()));
+            }
+            resp.into_body().collect().await.unwrap();
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert_eq!(
+        backend.requests.load(Ordering::SeqCst),
+        sent,
+        "each POST delivered exactly once"
+    );
+}
+
+/// Headers followed by a body that stalls: the body is cut after `read_timeout`, the upstream
+/// connection is closed, and the stall is counted.
+#[tokio::test]
+async fn a_stalled_response_body_is_cut_at_the_read_timeout() {
+    let backend = RawBackend::start(Mode::StallMidBody).await;
+    let app = proxy(&raw_config(&backend, "    read_timeout: 300ms\n", "")).await;
+    let resp = client()
+        .request(
+            Request::get(format!("http://{}/", app.proxy_addr()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the stalled body was cut");
+    assert!(body.is_err(), "a cut body must not look complete");
+    eventually(Duration::from_secs(5), || async {
+        backend.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let m = metrics(&app).await;
+    assert_eq!(
+        sample(
+            &m,
+            &format!(
+                "backstop_upstream_read_timeouts_total{{endpoint=\"{}\",upstream=\"svc\"}}",
+                backend.addr
+            )
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+/// A response the client abandoned mid-body leaves its connection out of the pool; complete
+/// responses leave theirs in it, up to max_idle_connections.
+#[tokio::test]
+async fn only_fully_read_connections_go_back_to_the_pool() {
+    let backend = RawBackend::start(Mode::KeepAliveBig).await;
+    let app = proxy(&raw_config(&backend, "    max_idle_connections: 2\n", "")).await;
+    let url = format!("http://{}/", app.proxy_addr());
+    // Sequential complete responses reuse one connection.
+    for _ in 0..5 {
+        assert_eq!(get(url.clone()).await.status, StatusCode::OK);
+    }
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    // A client that reads the head and walks away.
+    let mut raw = TcpStream::connect(app.proxy_addr()).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    let _ = raw.read(&mut first).await.unwrap();
+    drop(raw);
+    eventually(Duration::from_secs(5), || async {
+        backend.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(get(url.clone()).await.status, StatusCode::OK);
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        2,
+        "the abandoned connection was not reused"
+    );
+    // Ten at once: at most two stay idle.
+    let all: Vec<_> = (0..10).map(|_| get(url.clone())).collect();
+    for a in futures_util::future::join_all(all).await {
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let pool = &app.snapshots().load().upstreams[0].client;
+    assert!(pool.idle_count(0) <= 2, "{} idle", pool.idle_count(0));
+}
