@@ -9,9 +9,16 @@
 //! and comes back when it recovers.
 //!
 //! Within a group, `round_robin` follows the schedule; `p2c_ewma` (the default) and
-//! `least_request` draw two random available endpoints and take the one with the lower cost
-//! (peak-EWMA latency x (in-flight + 1) / weight, or (in-flight + 1) / weight): a slow or busy
-//! endpoint sheds load at once, without a global scan or lock.
+//! `least_request` draw two random available endpoints and compare their costs (peak-EWMA
+//! latency x (in-flight + 1) / weight, or (in-flight + 1) / weight), without a global scan or
+//! lock. `least_request` takes the cheaper one, ties at random. `p2c_ewma` takes each of the two
+//! with probability inversely proportional to its cost: an endpoint ten times as expensive as
+//! its partner gets 1 in 11 of their draws, a hundred times 1 in 101. So a slow or busy
+//! endpoint sheds load at once, yet noise cannot starve one: a latency estimate is a noisy
+//! measurement, and taking the strictly cheaper one let whichever endpoint got the first fast
+//! sample keep nearly all the traffic (identical endpoints split
+//! anywhere from 5% to 78%). A penalised endpoint comes back as its estimate decays; see `load`
+//! for how fast a penalty fades.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,6 +30,7 @@ const MAX_SCHEDULE: usize = 4096;
 #[derive(Debug)]
 struct Group {
     priority: u32,
+    mode: LoadBalancing,
     schedule: Vec<usize>,
     members: Vec<usize>,
     next: AtomicUsize,
@@ -52,6 +60,7 @@ impl Balancer {
                     .collect();
                 Group {
                     priority,
+                    mode,
                     schedule: smooth_wrr(&members),
                     members: members.iter().map(|(i, _)| *i).collect(),
                     next: AtomicUsize::new(0),
@@ -106,7 +115,22 @@ impl Group {
         let b = (a + 1 + rand::random_range(0..n - 1)) % n;
         let (a, b) = (self.members[a], self.members[b]);
         match (available(a), available(b)) {
-            (true, true) => Some(if cost(b) < cost(a) { b } else { a }),
+            (true, true) => Some(match self.mode {
+                LoadBalancing::P2cEwma => {
+                    if prefer_first(cost(a), cost(b), rand::random::<f64>()) {
+                        a
+                    } else {
+                        b
+                    }
+                }
+                _ => {
+                    if cost(b) < cost(a) {
+                        b
+                    } else {
+                        a
+                    }
+                }
+            }),
             (true, false) => Some(a),
             (false, true) => Some(b),
             (false, false) => self.next_from(available),
@@ -123,6 +147,18 @@ impl Group {
             .map(|k| self.schedule[(start + k) % len])
             .find(|&i| available(i))
     }
+}
+
+/// Whether to take the first of two endpoints costing `a` and `b`, given `roll` uniform in
+/// [0, 1): with probability b / (a + b), so each is taken in inverse proportion to its cost.
+/// Equal costs take the first (itself drawn at random); a NaN or negative cost counts as zero,
+/// an infinite one loses to any finite one.
+fn prefer_first(a: f64, b: f64, roll: f64) -> bool {
+    let (a, b) = (a.max(0.0), b.max(0.0));
+    if a == b {
+        return true;
+    }
+    roll * (1.0 + a / b) < 1.0
 }
 
 /// nginx's smooth weighted round robin, unrolled into one full cycle.
@@ -153,6 +189,9 @@ fn smooth_wrr(group: &[(usize, u64)]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::load::EndpointLoad;
+    use std::time::Duration;
+    use tokio::time::Instant;
 
     fn ep(priority: u32, weight: u32) -> Endpoint {
         Endpoint {
@@ -200,8 +239,8 @@ mod tests {
     }
 
     #[test]
-    fn two_choices_prefer_the_cheaper_endpoint() {
-        let b = Balancer::new(&[ep(0, 1), ep(0, 1)], LoadBalancing::P2cEwma);
+    fn least_request_takes_the_cheaper_endpoint() {
+        let b = Balancer::new(&[ep(0, 1), ep(0, 1)], LoadBalancing::LeastRequest);
         for _ in 0..20 {
             assert_eq!(
                 b.pick_available(|_| true, |i| if i == 0 { 5.0 } else { 1.0 })
@@ -215,6 +254,107 @@ mod tests {
                 .unwrap()
                 .0,
             0
+        );
+    }
+
+    #[test]
+    fn p2c_ewma_takes_each_in_inverse_proportion_to_its_cost() {
+        // 1 vs 4: the first is taken with probability 4/5.
+        assert!(prefer_first(1.0, 4.0, 0.79) && !prefer_first(1.0, 4.0, 0.81));
+        assert!(prefer_first(0.0, 4.0, 0.99) && !prefer_first(4.0, 0.0, 0.0));
+        assert!(prefer_first(1.0, f64::INFINITY, 0.99) && !prefer_first(f64::INFINITY, 1.0, 0.0));
+        assert!(prefer_first(f64::NAN, 1.0, 0.5));
+        let b = Balancer::new(&[ep(0, 1), ep(0, 1)], LoadBalancing::P2cEwma);
+        let cost = |i| if i == 0 { 4.0 } else { 1.0 };
+        let expensive = (0..10_000)
+            .filter(|_| b.pick_available(|_| true, cost).unwrap().0 == 0)
+            .count();
+        assert!(
+            (1500..=2500).contains(&expensive),
+            "{expensive} of 10000, expected ~2000"
+        );
+    }
+
+    /// Drives a two-endpoint p2c_ewma pool on a fake clock: one request every `gap`, each
+    /// answered at once by `latency(endpoint, now)`. Returns the picks of endpoint 0 per window.
+    fn simulate(
+        loads: &[EndpointLoad],
+        start: Instant,
+        until: Duration,
+        gap: Duration,
+        window: Duration,
+        latency: impl Fn(usize, Duration) -> Duration,
+    ) -> Vec<(usize, usize)> {
+        let b = Balancer::new(&[ep(0, 1), ep(0, 1)], LoadBalancing::P2cEwma);
+        let mut windows = vec![(0, 0); (until.as_nanos() / window.as_nanos()) as usize + 1];
+        let mut t = Duration::ZERO;
+        while t < until {
+            let now = start + t;
+            let (e, _) = b
+                .pick_available(|_| true, |i| loads[i].cost_at(LoadBalancing::P2cEwma, now))
+                .unwrap();
+            loads[e].observe_at(latency(e, t), now);
+            let w = &mut windows[(t.as_nanos() / window.as_nanos()) as usize];
+            if e == 0 {
+                w.0 += 1;
+            }
+            w.1 += 1;
+            t += gap;
+        }
+        windows
+    }
+
+    #[test]
+    fn identical_endpoints_split_evenly_despite_noisy_samples() {
+        let start = Instant::now();
+        let loads = [EndpointLoad::new(1), EndpointLoad::new(1)];
+        // 0.2..2.2 ms, with one in fifty a 10x spike: what a loaded loopback looks like.
+        let latency = |_: usize, _: Duration| {
+            let base = 200_000 + rand::random_range(0..2_000_000u64);
+            let spike = if rand::random_range(0..50) == 0 {
+                10
+            } else {
+                1
+            };
+            Duration::from_nanos(base * spike)
+        };
+        let ms = Duration::from_millis(1);
+        let windows = simulate(&loads, start, ms * 2000, ms, ms * 2000, latency);
+        let (a, n) = windows[0];
+        assert_eq!(n, 2000);
+        assert!((800..=1200).contains(&a), "a got {a} of 2000");
+    }
+
+    #[test]
+    fn a_penalised_endpoint_is_back_to_an_even_share_within_the_documented_time() {
+        use crate::dataplane::load::DECAY;
+        let start = Instant::now();
+        let loads = [EndpointLoad::new(1), EndpointLoad::new(1)];
+        let ms = Duration::from_millis(1);
+        // Endpoint 0 timed out once and was charged 1 s; both answer in 1 ms from then on.
+        loads[0].observe_at(ms * 1000, start);
+        loads[1].observe_at(ms, start);
+        // Documented: within DECAY x ln(1 s / 1 ms), about 35 s. 200 requests a second.
+        let bound = DECAY.mul_f64(1000f64.ln());
+        let windows = simulate(
+            &loads,
+            start,
+            bound + ms * 2000,
+            ms * 5,
+            ms * 1000,
+            |_, _| ms,
+        );
+        let first = windows[0];
+        assert!(first.0 < first.1 / 10, "penalised at first: {first:?}");
+        let after = &windows[bound.as_secs() as usize..][..2];
+        for &(a, n) in after {
+            let share = a as f64 / n as f64;
+            assert!((0.4..=0.6).contains(&share), "after {bound:?}: {a} of {n}");
+        }
+        let starved = windows.iter().filter(|w| w.0 == 0).count();
+        assert!(
+            starved < windows.len() / 2,
+            "probed while penalised: {windows:?}"
         );
     }
 }

@@ -1,8 +1,11 @@
 //! Active health checks: one task per endpoint that GETs the check path on an interval.
 //!
 //! Results feed [`Health`]; when it flips, the endpoint's `healthy` flag (read by endpoint
-//! choice), the `backstop_endpoint_healthy` gauge and one log line follow. The tasks live as
-//! long as the live upstream: dropping it aborts them.
+//! choice), the `backstop_endpoint_healthy` gauge and one log line follow. Every passing check
+//! also lowers the endpoint's latency estimate to the median of its healthy peers when it is
+//! higher ([`super::load::forgive`]), so a penalty from a slow answer or a timeout lasts at most
+//! one interval while the endpoint answers its checks. The tasks live as long as the live
+//! upstream: dropping it aborts them.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,7 +38,14 @@ pub fn start(upstream: &Arc<LiveUpstream>, check: &HealthCheck, metrics: &Metric
                     tick.tick().await;
                     let Some(upstream) = upstream.upgrade() else { return };
                     let ok = probe(&upstream, e, &check).await;
-                    if ok { ok_count.inc() } else { fail_count.inc() }
+                    if ok {
+                        ok_count.inc();
+                        // A passing check forgives a latency penalty (see `load`), so an
+                        // endpoint that timed out once is tried again within one interval.
+                        super::load::forgive(&upstream.endpoints, e, tokio::time::Instant::now());
+                    } else {
+                        fail_count.inc();
+                    }
                     if let Some(healthy) = health.record(ok) {
                         upstream.endpoints[e].healthy.store(healthy, Ordering::Relaxed);
                         gauge.set(i64::from(healthy));
