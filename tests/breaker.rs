@@ -26,6 +26,7 @@ async fn circuits(app: &backstop::App) -> serde_json::Value {
 async fn admin_post(app: &backstop::App, path: &str) -> support::Answer {
     send(
         Request::post(format!("http://{}{path}", app.admin_addr()))
+            .header("x-backstop-admin", "1")
             .body(Full::default())
             .unwrap(),
     )

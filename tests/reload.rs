@@ -36,6 +36,7 @@ fn header() -> &'static str {
 async fn reload(app: &App) -> support::Answer {
     send(
         Request::post(format!("http://{}/admin/reload", app.admin_addr()))
+            .header("x-backstop-admin", "1")
             .body(Full::<Bytes>::default())
             .unwrap(),
     )

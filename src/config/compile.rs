@@ -71,6 +71,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
         .and_then(|r| compile_policy::redis(&mut issues, r));
     let slos = compile_policy::slos(&mut issues, &raw.slos, &raw.routes);
     let admin_token = admin_token(&mut issues, raw.admin.as_ref(), admin_listen);
+    let admin_protect_reads = protect_reads(&mut issues, raw.admin.as_ref());
 
     if issues.0.is_empty() {
         return Ok(Config {
@@ -83,6 +84,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
             redis,
             slos,
             admin_token,
+            admin_protect_reads,
         });
     }
     // File order reads best; problems without a position (missing sections) come last.
@@ -122,6 +124,22 @@ fn admin_token(
         }
     }
     token
+}
+
+/// `admin.protect_reads` needs a token to protect with.
+fn protect_reads(issues: &mut Issues, raw: Option<&super::raw::RawAdmin>) -> bool {
+    let Some(admin) = raw else { return false };
+    let Some(flag) = &admin.protect_reads else {
+        return false;
+    };
+    if flag.value && admin.token_file.is_none() {
+        issues.at(
+            "admin.protect_reads",
+            flag,
+            "needs admin.token_file: the views would need a token that does not exist".into(),
+        );
+    }
+    flag.value
 }
 
 fn listener(

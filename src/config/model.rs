@@ -22,6 +22,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Bearer token required by mutating admin endpoints (read from `admin.token_file`).
     pub admin_token: Option<String>,
+    /// The read views (status page, `/admin/*`) need the token too (`admin.protect_reads`).
+    pub admin_protect_reads: bool,
     /// Time in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Duration,
     /// Upstreams, sorted by name.

@@ -141,6 +141,9 @@ pub struct RawAdmin {
     /// File holding the bearer token for mutating admin endpoints.
     #[schemars(with = "Option<String>")]
     pub token_file: Option<Text>,
+    /// Put the read views (status page, /admin/*) behind the token too.
+    #[schemars(with = "Option<bool>")]
+    pub protect_reads: Option<Spanned<bool>>,
 }
 
 /// One entry under `upstreams:`.
