@@ -134,6 +134,9 @@ fn main() -> ExitCode {
 fn validate(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
+            for warning in &c.warnings {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             println!(
                 "{}: valid ({} routes, {} upstreams, sha256 {})",
                 path.display(),
@@ -211,7 +214,11 @@ async fn run(path: &Path) -> anyhow::Result<bool> {
     let Some(config) = load_config(path) else {
         return Ok(false);
     };
+    let warnings = config.warnings.clone();
     let app = App::start_watching(config, Metrics::new(), path).await?;
+    for warning in warnings {
+        tracing::warn!(path = %path.display(), "{warning}");
+    }
     shutdown_signal().await?;
     tracing::info!("shutdown signal received");
     app.shutdown().await;

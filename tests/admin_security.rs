@@ -206,3 +206,183 @@ async fn protect_reads_requires_the_token() {
         );
     }
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("backstop-sec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `backstop validate -c file`: (exit code, stdout + stderr).
+fn validate(file: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["validate", "-c"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A Redis password in a bad config is never printed: not by `validate`, not in the
+/// reload-rejected log line, not in the 422 body of `POST /admin/reload`.
+#[tokio::test]
+async fn redis_password_is_never_printed() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let d = temp_dir("redis");
+    let file = d.join("backstop.yaml");
+    let good = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{}",
+        config(&backend)
+    );
+    let bad = format!("{good}redis:\n  url: \"redis://app:hunter2-pw@127.0.0.1:notaport/0\"\n");
+    std::fs::write(&file, &bad).unwrap();
+    let (code, out) = validate(&file);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("redis.url"), "the problem is reported: {out}");
+    assert!(
+        !out.contains("hunter2"),
+        "validate printed the password: {out}"
+    );
+    assert!(out.contains("app:***@"), "{out}");
+
+    std::fs::write(&file, &good).unwrap();
+    let bin = support::Binary::start(&file).await;
+    std::fs::write(&file, &bad).unwrap();
+    let r = send(
+        Request::post(format!("http://{}/admin/reload", bin.admin))
+            .header("x-backstop-admin", "1")
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        body.contains("redis.url") && !body.contains("hunter2"),
+        "{body}"
+    );
+    support::eventually(std::time::Duration::from_secs(10), || async {
+        bin.logged(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("config reload rejected: redis.url"))
+        })
+    })
+    .await;
+    let logs = serde_json::to_string(&*bin.logs.lock().unwrap()).unwrap();
+    assert!(!logs.contains("hunter2"), "a log line holds the password");
+}
+
+/// A huge scalar in a bad config is echoed truncated, with its size.
+#[tokio::test]
+async fn huge_values_are_echoed_truncated() {
+    let d = temp_dir("huge");
+    let file = d.join("backstop.yaml");
+    let huge = "x".repeat(2_000_000);
+    std::fs::write(
+        &file,
+        format!("listen: \"{huge}\"\nupstreams:\n  svc:\n    endpoints: [{{ address: \"127.0.0.1:1\" }}]\nroutes:\n  - {{ name: all, upstream: svc }}\n"),
+    )
+    .unwrap();
+    let (code, out) = validate(&file);
+    assert_eq!(code, 1);
+    assert!(out.len() < 2_000, "{} bytes of output", out.len());
+    assert!(out.contains("listen: invalid listen address"), "{out}");
+    assert!(out.contains("(2000000 bytes)"), "{out}");
+    std::fs::write(&file, format!("admin: {{ protect_reads: \"{huge}\" }}\n")).unwrap();
+    let (code, out) = validate(&file);
+    assert_eq!(code, 1);
+    assert!(
+        out.len() < 2_000,
+        "{} bytes of output: {}",
+        out.len(),
+        &out[..300]
+    );
+}
+
+/// Header-match values marked `secret: true` are shown as *** in the admin views, and still
+/// match.
+#[tokio::test]
+async fn secret_header_values_are_hidden_in_admin_views() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&format!(
+        "upstreams:\n  svc:\n    endpoints: [{{ address: \"{}\" }}]\nroutes:\n  - name: partner\n    match:\n      headers:\n        x-api-key: {{ value: \"key-abc-123\", secret: true }}\n        x-tenant: acme\n    upstream: svc\n",
+        backend.addr
+    ))
+    .await;
+    for view in ["/admin/routes", "/admin/config"] {
+        let r = get(format!("http://{}{view}", app.admin_addr())).await;
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(!body.contains("key-abc-123"), "{view}: {body}");
+        let headers = &r.json()["routes"][0]["match"]["headers"];
+        assert_eq!(headers["x-api-key"], "***", "{view}: {body}");
+        assert_eq!(headers["x-tenant"], "acme", "{view}: {body}");
+    }
+    let matched = send(
+        Request::get(format!("http://{}/", app.proxy_addr()))
+            .header("x-api-key", "key-abc-123")
+            .header("x-tenant", "acme")
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(matched.status, 200);
+    let missed = send(
+        Request::get(format!("http://{}/", app.proxy_addr()))
+            .header("x-api-key", "other")
+            .header("x-tenant", "acme")
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(missed.status, 404);
+    assert_eq!(backend.hits(), 1);
+}
+
+/// A token file readable by group or others is warned about, in `validate` and at startup.
+#[tokio::test]
+async fn readable_token_file_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let backend = Backend::start(Behaviour::Echo).await;
+    let d = temp_dir("token");
+    let token = d.join("token");
+    std::fs::write(&token, "tok-1\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file = d.join("backstop.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token_file: {} }}\n{}",
+            token.display(),
+            config(&backend)
+        ),
+    )
+    .unwrap();
+    let (code, out) = validate(&file);
+    assert_eq!(code, 0, "a warning is not an error: {out}");
+    assert!(
+        out.contains("warning: admin.token_file") && out.contains("chmod 600"),
+        "{out}"
+    );
+    assert!(!out.contains("tok-1"));
+    let bin = support::Binary::start(&file).await;
+    support::eventually(std::time::Duration::from_secs(5), || async {
+        bin.logged(|l| {
+            l["level"] == "WARN"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("admin.token_file"))
+        })
+    })
+    .await;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out) = validate(&file);
+    assert_eq!(code, 0);
+    assert!(!out.contains("warning"), "{out}");
+}

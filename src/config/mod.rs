@@ -10,6 +10,7 @@ mod error;
 mod key_paths;
 mod model;
 mod raw;
+mod redact;
 mod validate;
 
 use sha2::{Digest, Sha256};
@@ -20,6 +21,7 @@ pub use error::{ConfigError, ConfigIssue, Position};
 pub use model::{
     Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route, Tls, Upstream,
 };
+pub use redact::redact_url;
 
 /// Reads, parses, checks and compiles the config file at `path`.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {

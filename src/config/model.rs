@@ -36,6 +36,9 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Service level objectives.
     pub slos: Vec<crate::slo::SloConfig>,
+    /// Things that work but should be fixed (e.g. a token file readable by others), one line
+    /// each, printed by `validate` and logged at startup and on reload.
+    pub warnings: Vec<String>,
 }
 
 /// The top-level `redis:` section.
@@ -141,7 +144,8 @@ pub struct Route {
     pub path_prefix: String,
     /// Methods to match; `None` matches all.
     pub methods: Option<Vec<Method>>,
-    /// Headers that must be present with exactly these values.
+    /// Headers that must be present with exactly these values. A value marked `secret: true`
+    /// in the file is a sensitive `HeaderValue` (`is_sensitive()`): views show it as `***`.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,

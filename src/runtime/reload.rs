@@ -127,6 +127,9 @@ impl Reloader {
             Ok(generation) => {
                 self.accepted.inc();
                 tracing::info!(trigger, generation, path = %self.path.display(), "config reloaded");
+                for warning in &self.snapshots.load().config.warnings {
+                    tracing::warn!(trigger, path = %self.path.display(), "{warning}");
+                }
                 Ok(generation)
             }
             Err(error) => {
