@@ -604,4 +604,17 @@ mod tests {
         assert!(find("x-token").is_sensitive());
         assert_eq!(find("x-token"), "abc");
     }
+
+    #[test]
+    fn protect_reads_needs_a_token_file() {
+        let yaml = "admin: { protect_reads: true }\nupstreams:\n  svc:\n    endpoints: [{ address: \"127.0.0.1:1\" }]\nroutes:\n  - { name: a, upstream: svc }\n";
+        let issues = issues_of(yaml);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(
+            issues[0].starts_with("admin.protect_reads: needs admin.token_file"),
+            "{issues:?}"
+        );
+        let off = crate::config::load_str(&yaml.replace("true", "false")).unwrap();
+        assert!(!off.admin_protect_reads);
+    }
 }
