@@ -141,6 +141,9 @@ fn main() -> ExitCode {
 fn validate(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
+            for warning in &c.warnings {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             println!(
                 "{}: valid ({} routes, {} upstreams, sha256 {})",
                 path.display(),
@@ -220,7 +223,11 @@ async fn run(path: &Path) -> anyhow::Result<Option<usize>> {
     let Some(config) = load_config(path) else {
         return Ok(None);
     };
+    let warnings = config.warnings.clone();
     let app = App::start_watching(config, Metrics::new(), path).await?;
+    for warning in warnings {
+        tracing::warn!(path = %path.display(), "{warning}");
+    }
     shutdown_signal().await?;
     tracing::info!("shutdown signal received");
     Ok(Some(app.shutdown().await.cut))

@@ -130,7 +130,8 @@ async fn admin_token_guards_mutating_endpoints() {
         let mut req = Request::post(format!(
             "http://{}/admin/circuits/svc/open",
             app.admin_addr()
-        ));
+        ))
+        .header("x-backstop-admin", "1");
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }

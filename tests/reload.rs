@@ -36,6 +36,7 @@ fn header() -> &'static str {
 async fn reload(app: &App) -> support::Answer {
     send(
         Request::post(format!("http://{}/admin/reload", app.admin_addr()))
+            .header("x-backstop-admin", "1")
             .body(Full::<Bytes>::default())
             .unwrap(),
     )
@@ -249,4 +250,117 @@ async fn sighup_reloads_the_file() {
         get(format!("http://{}/", bin.proxy)).await.json()["backend"],
         b.addr.to_string()
     );
+}
+
+/// Opens of `file` seen by an inotify watch of its directory (reads of the file by anyone).
+struct Opens {
+    _watcher: notify::RecommendedWatcher,
+    count: Arc<AtomicUsize>,
+}
+
+impl Opens {
+    fn watch(file: &std::path::Path) -> Opens {
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let count = Arc::new(AtomicUsize::new(0));
+        let (seen, name) = (count.clone(), file.to_owned());
+        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            if let Ok(e) = e {
+                if matches!(
+                    e.kind,
+                    EventKind::Access(notify::event::AccessKind::Open(_))
+                ) && e.paths.contains(&name)
+                {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+        .unwrap();
+        watcher
+            .watch(file.parent().unwrap(), RecursiveMode::NonRecursive)
+            .unwrap();
+        Opens {
+            _watcher: watcher,
+            count,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// Watches `check` for `window` (polling every 10ms) and fails as soon as it turns false: a
+/// bounded window for a "nothing more happens" property, which no positive event can end.
+async fn stays(window: Duration, what: &str, check: impl Fn() -> bool) {
+    let end = tokio::time::Instant::now() + window;
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    while tokio::time::Instant::now() < end {
+        poll.tick().await;
+        assert!(check(), "{what}");
+    }
+}
+
+/// An invalid file on disk is rejected and logged once, not every debounce period; and a file
+/// that does not change is not read again (the watcher used to wake itself up by reading it).
+#[tokio::test]
+async fn an_invalid_file_is_reported_once_and_an_unchanged_file_is_not_polled() {
+    let (a, b) = (
+        Backend::start(Behaviour::Echo).await,
+        Backend::start(Behaviour::Echo).await,
+    );
+    let d = dir("once");
+    let file = d.join("backstop.yaml");
+    let config = |backend: &Backend| {
+        format!("{}upstreams:\n  svc:\n    endpoints: [{{ address: \"{}\" }}]\nroutes:\n  - {{ name: all, upstream: svc }}\n", header(), backend.addr)
+    };
+    std::fs::write(&file, config(&a)).unwrap();
+    let bin = support::Binary::start(&file).await;
+    let rejections = || {
+        bin.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("config reload rejected"))
+            })
+            .count()
+    };
+    std::fs::write(&file, "routes: [ { name: broken").unwrap();
+    eventually(Duration::from_secs(10), || async { rejections() >= 1 }).await;
+    let opens = Opens::watch(&file);
+    stays(
+        Duration::from_millis(1500),
+        "one rejection per content",
+        || rejections() == 1,
+    )
+    .await;
+    assert_eq!(
+        opens.count(),
+        0,
+        "the unchanged invalid file was read again"
+    );
+    // A valid file again: reloaded once, then left alone.
+    std::fs::write(&file, config(&b)).unwrap();
+    eventually(Duration::from_secs(10), || async {
+        get(format!("http://{}/", bin.proxy)).await.json()["backend"] == b.addr.to_string()
+    })
+    .await;
+    let settled = opens.count();
+    stays(
+        Duration::from_millis(1500),
+        "the valid file is not polled",
+        || opens.count() == settled,
+    )
+    .await;
+    let reloaded = bin
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l["message"] == "config reloaded")
+        .count();
+    assert_eq!(reloaded, 1);
+    assert_eq!(rejections(), 1);
 }

@@ -1,8 +1,22 @@
 //! The admin listener: metrics and health, apart from proxy traffic.
 //!
-//! Loopback by default: it carries mutating endpoints (forcing breakers, later reload), and a
+//! Loopback by default: it carries mutating endpoints (forcing breakers, reload), and a
 //! scrape or a probe must not compete with payment traffic for the proxy's connections.
-//! Mutating endpoints answer only to clients on loopback until token auth lands.
+//!
+//! Mutating endpoints (`POST /admin/reload`, `POST /admin/circuits/...`) need the bearer token
+//! of `admin.token_file`, or without one a client on loopback. Since a browser on the same
+//! machine is also "on loopback", they also refuse what only a browser tricked by another site
+//! would send:
+//! - an `Origin` other than the admin listener's own (`http://localhost:PORT`,
+//!   `http://127.0.0.1:PORT`, `http://[::1]:PORT`, or its address): a cross-site request;
+//! - a `Host` that is a name other than `localhost` (IP literals are fine): DNS rebinding,
+//!   where `attacker.example` resolves to 127.0.0.1 and the browser calls it same-origin;
+//! - a "simple" request: they need `Content-Type: application/json` or an `X-Backstop-Admin`
+//!   header, which a cross-site page cannot send without a CORS preflight this listener never
+//!   grants.
+//!
+//! With `admin.protect_reads: true` the read views (status page, `/admin/*`) need the token
+//! too; `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapes.
 
 pub mod circuits;
 pub mod status;
@@ -43,6 +57,7 @@ pub struct AdminState {
 /// Serves the admin endpoints on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -50,7 +65,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
                 let state = state.clone();
                 let service = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, &req, peer.ip().is_loopback()).await) }
+                    async move { Ok::<_, Infallible>(handle(&state, &req, peer.ip().is_loopback(), port).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 tokio::spawn(async move {
@@ -66,6 +81,7 @@ async fn handle(
     state: &AdminState,
     req: &Request<Incoming>,
     from_loopback: bool,
+    port: u16,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let mutating = path.starts_with("/admin/circuits/") || path == "/admin/reload";
@@ -75,6 +91,23 @@ async fn handle(
             "text/plain",
             "use POST\n".into(),
         );
+    }
+    if mutating {
+        if let Err((status, error)) = same_site(req, port) {
+            return json(status, &serde_json::json!({ "error": error }));
+        }
+    }
+    let open_read = matches!(path, "/healthz" | "/readyz" | "/metrics");
+    let config = &state.snapshots.load().config;
+    if !mutating && !open_read && config.admin_protect_reads && !has_token(state, req) {
+        let mut response = json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({ "error": "admin.protect_reads is on: send Authorization: Bearer <token of admin.token_file>" }),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
     }
     if mutating && !authorized(state, req, from_loopback) {
         let error = "mutating admin endpoints need the bearer token of admin.token_file (or, without one, a client on loopback)";
@@ -155,14 +188,96 @@ async fn handle(
 /// With a token configured, the request must carry it; without one, it must come from loopback.
 fn authorized(state: &AdminState, req: &Request<Incoming>, from_loopback: bool) -> bool {
     match &state.snapshots.load().config.admin_token {
-        Some(token) => req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes())),
+        Some(_) => has_token(state, req),
         None => from_loopback,
     }
+}
+
+/// Whether the request carries the configured bearer token (false without one configured).
+fn has_token(state: &AdminState, req: &Request<Incoming>) -> bool {
+    let snapshot = state.snapshots.load();
+    let Some(token) = &snapshot.config.admin_token else {
+        return false;
+    };
+    req.headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+}
+
+/// Refuses what a browser would send on behalf of another site (see the module docs):
+/// a foreign `Host` (DNS rebinding), a foreign `Origin`, or a simple request.
+fn same_site(req: &Request<Incoming>, port: u16) -> Result<(), (StatusCode, &'static str)> {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{0}"))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if let Some(host) = host {
+        if !local_host(split_port(host).0) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "the Host header must be localhost or an IP address of the admin listener (DNS rebinding protection)",
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        // Same origin: the page's origin is this very authority (scheme http: the admin
+        // listener has no TLS), and it is local by the Host check above.
+        let own = match (
+            origin.to_str().ok().and_then(|o| o.strip_prefix("http://")),
+            host,
+        ) {
+            (Some(authority), Some(host)) => authority.eq_ignore_ascii_case(host),
+            (Some(authority), None) => {
+                let (name, origin_port) = split_port(authority);
+                local_host(name) && origin_port == Some(port)
+            }
+            _ => false,
+        };
+        if !own {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "cross-origin request refused: the Origin header must be the admin listener's own",
+            ));
+        }
+    }
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !json_body && !headers.contains_key(ADMIN_HEADER) {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send Content-Type: application/json or the header X-Backstop-Admin: 1 (mutating admin endpoints refuse requests a cross-site form could send)",
+        ));
+    }
+    Ok(())
+}
+
+/// The header that makes a mutating request non-simple without a body.
+pub const ADMIN_HEADER: &str = "x-backstop-admin";
+
+/// `localhost`, `127.0.0.1:9901`, `[::1]:9901` -> (host, port).
+fn split_port(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((ip, tail)) => (ip, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, p)) if !host.contains(':') => (host, p.parse().ok()),
+        _ => (authority, None),
+    }
+}
+
+/// A host a rebinding attack cannot produce: `localhost` or an IP literal. (A browser sends
+/// the name it resolved, so an attacker's name never passes.)
+fn local_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -1,11 +1,12 @@
 //! JSON views of the running config and its live state for the admin API.
 //!
-//! Secrets are never shown: the admin token is omitted and a Redis URL's password is replaced
-//! by `***`.
+//! Secrets are never shown: the admin token is omitted, a Redis URL's password is replaced
+//! by `***`, and so is a header-match value marked `secret: true`.
 
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::config::redact_url;
 use crate::runtime::Snapshot;
 
 /// `GET /admin/config`: the running config, secrets redacted.
@@ -54,7 +55,10 @@ pub fn routes(snapshot: &Snapshot) -> Value {
                     "host": r.host.as_ref().map(|h| format!("{h:?}")),
                     "path_prefix": r.path_prefix,
                     "methods": r.methods.as_ref().map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>()),
-                    "headers": r.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect::<std::collections::BTreeMap<_, _>>(),
+                    "headers": r.headers.iter().map(|(k, v)| {
+                        let shown = if v.is_sensitive() { "***" } else { v.to_str().unwrap_or("") };
+                        (k.to_string(), shown.to_owned())
+                    }).collect::<std::collections::BTreeMap<_, _>>(),
                 },
                 "timeout_ms": r.timeout.as_millis() as u64,
                 "retry": r.retry.as_ref().map(|p| format!("{p:?}")),
@@ -101,32 +105,4 @@ pub fn upstreams(snapshot: &Snapshot) -> Value {
         })
         .collect();
     json!({ "upstreams": list })
-}
-
-/// `redis://user:secret@host` -> `redis://user:***@host`.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            let user = creds.split_once(':').map_or("", |(u, _)| u);
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            super::redact_url("redis://:s3cret@10.0.0.1:6379"),
-            "redis://:***@10.0.0.1:6379"
-        );
-        assert_eq!(
-            super::redact_url("redis://app:s3cret@h:1/0"),
-            "redis://app:***@h:1/0"
-        );
-        assert_eq!(super::redact_url("redis://h:1"), "redis://h:1");
-    }
 }

@@ -73,7 +73,9 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
         .as_ref()
         .and_then(|r| compile_policy::redis(&mut issues, r));
     let slos = compile_policy::slos(&mut issues, &raw.slos, &raw.routes);
-    let admin_token = admin_token(&mut issues, raw.admin.as_ref(), admin_listen);
+    let mut warnings = Vec::new();
+    let admin_token = admin_token(&mut issues, &mut warnings, raw.admin.as_ref(), admin_listen);
+    let admin_protect_reads = protect_reads(&mut issues, raw.admin.as_ref());
 
     if issues.0.is_empty() {
         return Ok(Config {
@@ -87,6 +89,8 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
             redis,
             slos,
             admin_token,
+            admin_protect_reads,
+            warnings,
         });
     }
     // File order reads best; problems without a position (missing sections) come last.
@@ -99,12 +103,18 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
 /// its mutating endpoints (reload, forcing breakers) would be open to the network.
 fn admin_token(
     issues: &mut Issues,
+    warnings: &mut Vec<String>,
     raw: Option<&super::raw::RawAdmin>,
     listen: SocketAddr,
 ) -> Option<String> {
     let file = raw.and_then(|a| a.token_file.as_ref());
     let token = file.and_then(|f| match std::fs::read_to_string(f.value.trim()) {
-        Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+        Ok(text) if !text.trim().is_empty() => {
+            if let Some(warning) = readable_by_others(f.value.trim()) {
+                warnings.push(warning);
+            }
+            Some(text.trim().to_owned())
+        }
         Ok(_) => {
             issues.at("admin.token_file", f, format!("{:?} is empty", f.value));
             None
@@ -126,6 +136,31 @@ fn admin_token(
         }
     }
     token
+}
+
+/// A warning when the token file can be read by its group or by others (mode & 0o077).
+fn readable_by_others(path: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!("admin.token_file: {path:?} is readable by group or others (mode {mode:o}); chmod 600 it")
+    })
+}
+
+/// `admin.protect_reads` needs a token to protect with.
+fn protect_reads(issues: &mut Issues, raw: Option<&super::raw::RawAdmin>) -> bool {
+    let Some(admin) = raw else { return false };
+    let Some(flag) = &admin.protect_reads else {
+        return false;
+    };
+    if flag.value && admin.token_file.is_none() {
+        issues.at(
+            "admin.protect_reads",
+            flag,
+            "needs admin.token_file: the views would need a token that does not exist".into(),
+        );
+    }
+    flag.value
 }
 
 fn listener(
@@ -419,22 +454,28 @@ fn route(
     let headers = m
         .headers
         .iter()
-        .filter_map(|(name, value)| {
+        .filter_map(|(name, spanned)| {
             let hp = format!("{mpath}.headers.{name}");
+            let (value, secret) = (spanned.value.value(), spanned.value.secret());
             let parsed_name = HeaderName::from_bytes(name.as_bytes());
-            let parsed_value = HeaderValue::from_str(&value.value);
+            let parsed_value = HeaderValue::from_str(value);
             match (parsed_name, parsed_value) {
-                (Ok(n), Ok(v)) => Some((n, v)),
+                (Ok(n), Ok(mut v)) => {
+                    // Sensitive marks the value secret for the admin views (and for HPACK).
+                    v.set_sensitive(secret);
+                    Some((n, v))
+                }
                 (Err(_), _) => {
-                    issues.at(&hp, value, format!("invalid header name {name:?}"));
+                    issues.at(&hp, spanned, format!("invalid header name {name:?}"));
                     None
                 }
                 (_, Err(_)) => {
-                    issues.at(
-                        &hp,
-                        value,
-                        format!("invalid header value {:?}", value.value),
-                    );
+                    let shown = if secret {
+                        "(secret, not shown)".to_owned()
+                    } else {
+                        format!("{value:?}")
+                    };
+                    issues.at(&hp, spanned, format!("invalid header value {shown}"));
                     None
                 }
             }
@@ -547,5 +588,46 @@ mod tests {
                 "routes[0].timeout: invalid duration \"soon\": use a number and a unit, e.g. 250ms, 3s, 2m, 1h (line 9, column 14)",
             ]
         );
+    }
+
+    #[test]
+    fn header_matches_take_scalars_and_secret_values() {
+        let yaml = "upstreams:\n  svc:\n    endpoints: [{ address: \"127.0.0.1:1\" }]\nroutes:\n  - name: a\n    upstream: svc\n    match:\n      headers:\n        x-version: 2\n        x-flag: true\n        x-key: { value: \"k\\u0001ey\", secret: true }\n        x-token: { value: abc, secret: true }\n";
+        let issues = issues_of(yaml);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(
+            issues[0].starts_with(
+                "routes[0].match.headers.x-key: invalid header value (secret, not shown)"
+            ),
+            "{issues:?}"
+        );
+        let fixed = yaml.replace("k\\u0001ey", "key");
+        let config = crate::config::load_str(&fixed).unwrap();
+        let headers = &config.routes[0].headers;
+        let find = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(find("x-version"), "2");
+        assert_eq!(find("x-flag"), "true");
+        assert!(!find("x-version").is_sensitive());
+        assert!(find("x-token").is_sensitive());
+        assert_eq!(find("x-token"), "abc");
+    }
+
+    #[test]
+    fn protect_reads_needs_a_token_file() {
+        let yaml = "admin: { protect_reads: true }\nupstreams:\n  svc:\n    endpoints: [{ address: \"127.0.0.1:1\" }]\nroutes:\n  - { name: a, upstream: svc }\n";
+        let issues = issues_of(yaml);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(
+            issues[0].starts_with("admin.protect_reads: needs admin.token_file"),
+            "{issues:?}"
+        );
+        let off = crate::config::load_str(&yaml.replace("true", "false")).unwrap();
+        assert!(!off.admin_protect_reads);
     }
 }

@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde_saphyr::Location;
 
+use super::redact::{redact_urls, shorten_echoes};
+
 /// Line and column (both 1-based) of a value in the YAML file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
@@ -38,18 +40,21 @@ pub struct ConfigIssue {
     pub hint: Option<String>,
 }
 
+/// Prints the issue with URL credentials redacted and long echoed values cut (see
+/// [`super::redact`]): this is the only way issues reach `validate`, logs and the admin API.
 impl fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let safe = |text: &str| shorten_echoes(&redact_urls(text)).into_owned();
         if self.path.is_empty() {
-            write!(f, "{}", self.message)?;
+            write!(f, "{}", safe(&self.message))?;
         } else {
-            write!(f, "{}: {}", self.path, self.message)?;
+            write!(f, "{}: {}", safe(&self.path), safe(&self.message))?;
         }
         if let Some(p) = self.position {
             write!(f, " (line {}, column {})", p.line, p.column)?;
         }
         if let Some(hint) = &self.hint {
-            write!(f, "; {hint}")?;
+            write!(f, "; {}", safe(hint))?;
         }
         Ok(())
     }

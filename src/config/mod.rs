@@ -11,6 +11,7 @@ mod error;
 mod key_paths;
 mod model;
 mod raw;
+mod redact;
 mod validate;
 
 use sha2::{Digest, Sha256};
@@ -22,6 +23,7 @@ pub use model::{
     Cidr, Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route,
     ServerLimits, Tls, Upstream,
 };
+pub use redact::redact_url;
 
 /// Reads, parses, checks and compiles the config file at `path`.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {

@@ -22,6 +22,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Bearer token required by mutating admin endpoints (read from `admin.token_file`).
     pub admin_token: Option<String>,
+    /// The read views (status page, `/admin/*`) need the token too (`admin.protect_reads`).
+    pub admin_protect_reads: bool,
     /// Time in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Duration,
     /// Limits and deadlines of the proxy listener.
@@ -36,6 +38,9 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Service level objectives.
     pub slos: Vec<crate::slo::SloConfig>,
+    /// Things that work but should be fixed (e.g. a token file readable by others), one line
+    /// each, printed by `validate` and logged at startup and on reload.
+    pub warnings: Vec<String>,
 }
 
 /// The `server:` section: what a client connection may cost the proxy.
@@ -227,7 +232,8 @@ pub struct Route {
     pub path_prefix: String,
     /// Methods to match; `None` matches all.
     pub methods: Option<Vec<Method>>,
-    /// Headers that must be present with exactly these values.
+    /// Headers that must be present with exactly these values. A value marked `secret: true`
+    /// in the file is a sensitive `HeaderValue` (`is_sensitive()`): views show it as `***`.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Whether `%2F` and `%5C` may appear in the path of requests to this route.
     pub allow_encoded_slashes: bool,

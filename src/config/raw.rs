@@ -174,6 +174,9 @@ pub struct RawAdmin {
     /// File holding the bearer token for mutating admin endpoints.
     #[schemars(with = "Option<String>")]
     pub token_file: Option<Text>,
+    /// Put the read views (status page, /admin/*) behind the token too.
+    #[schemars(with = "Option<bool>")]
+    pub protect_reads: Option<Spanned<bool>>,
 }
 
 /// One entry under `upstreams:`.
@@ -455,8 +458,72 @@ pub struct RawMatch {
     pub methods: Option<Vec<Text>>,
     /// Let percent-encoded slashes and backslashes (`%2F`, `%5C`) through to this route.
     pub allow_encoded_slashes: Option<bool>,
-    /// Headers that must be present with exactly this value.
+    /// Headers that must be present with exactly this value: `value`, or
+    /// `{ value: ..., secret: true }` to show it as `***` in admin views.
     #[serde(default)]
-    #[schemars(with = "BTreeMap<String, Scalar>")]
-    pub headers: BTreeMap<String, Text>,
+    #[schemars(with = "BTreeMap<String, RawHeaderMatch>")]
+    pub headers: BTreeMap<String, Spanned<RawHeaderMatch>>,
+}
+
+/// One header of `match.headers`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawHeaderMatch {
+    /// `x-tenant: acme`.
+    Plain(#[schemars(with = "Scalar")] ScalarText),
+    /// `x-api-key: { value: abc, secret: true }`.
+    Detailed {
+        /// The value to match exactly.
+        #[schemars(with = "Scalar")]
+        value: ScalarText,
+        /// Show the value as `***` in admin views and never echo it in errors.
+        #[serde(default)]
+        secret: bool,
+    },
+}
+
+impl RawHeaderMatch {
+    /// The value to match.
+    pub fn value(&self) -> &str {
+        match self {
+            RawHeaderMatch::Plain(v) | RawHeaderMatch::Detailed { value: v, .. } => &v.0,
+        }
+    }
+
+    /// Whether the value is secret.
+    pub fn secret(&self) -> bool {
+        matches!(self, RawHeaderMatch::Detailed { secret: true, .. })
+    }
+}
+
+/// A YAML scalar read as its text (`2` -> `"2"`, `true` -> `"true"`).
+#[derive(Debug)]
+pub struct ScalarText(pub String);
+
+impl<'de> Deserialize<'de> for ScalarText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = ScalarText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_owned()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }

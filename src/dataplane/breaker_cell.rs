@@ -4,13 +4,23 @@
 //! Every admitted request holds a [`Permit`]. Recording the outcome consumes it; if the request
 //! is dropped first (the client went away), the permit's `Drop` frees its half-open probe slot,
 //! so a breaker can never get stuck half-open with phantom probes.
+//!
+//! The open period ends by the clock: when a breaker opens, a timer task (one per open, holding
+//! only a weak reference, so a breaker dropped by a reload ends it) moves it to half_open at
+//! the end of the period, so the state gauge, the log and the transition counter say
+//! `half_open` with no traffic. Every view ([`BreakerCell::describe`], [`BreakerCell::state`])
+//! first applies the clock too, so it never waits for the timer.
+//!
+//! The dataplane asks [`BreakerCell::check`], which names the refusal: `circuit_open`, or
+//! `circuit_half_open` when every probe slot is taken.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
 
+use super::rescue::ProxyError;
 use crate::metrics::Metrics;
 use crate::policy::breaker::{Admission, Breaker, BreakerConfig, StateName, Transition};
 use crate::policy::classify::{Call, FailureSet};
@@ -30,6 +40,8 @@ pub struct BreakerCell {
     state_gauges: [IntGauge; 3],
     rejected: IntCounter,
     metrics: Metrics,
+    /// Itself, for the timer that ends an open period.
+    me: Weak<BreakerCell>,
 }
 
 /// The breaker's answer for one request.
@@ -42,6 +54,12 @@ pub enum Gate {
         /// Until the next probe.
         retry_after: Duration,
     },
+}
+
+/// What [`BreakerCell::admit`] decided, with the state that refused.
+struct Decision {
+    gate: Gate,
+    half_open: bool,
 }
 
 /// Proof of admission; see the module docs.
@@ -73,7 +91,8 @@ impl BreakerCell {
         let failure_on = config.failure_on.clone();
         let kept = config.clone();
         let breaker = Breaker::new(config, Instant::now(), rand::random());
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             upstream: upstream.to_owned(),
             route: route.to_owned(),
             mode,
@@ -94,22 +113,58 @@ impl BreakerCell {
 
     /// Decides about one request.
     pub fn admit(self: &Arc<Self>, now: Instant) -> Gate {
-        let (admission, transition) = self.lock().admit(now);
+        self.decide(now).gate
+    }
+
+    /// Decides about one request; a refusal is the error to answer with: `circuit_open`, or
+    /// `circuit_half_open` when the breaker is probing and every probe slot is taken.
+    pub fn check(self: &Arc<Self>, now: Instant) -> Result<Permit, ProxyError> {
+        let Decision { gate, half_open } = self.decide(now);
+        match gate {
+            Gate::Pass(permit) => Ok(permit),
+            Gate::Reject { retry_after } if half_open => {
+                Err(ProxyError::CircuitHalfOpen { retry_after })
+            }
+            Gate::Reject { retry_after } => Err(ProxyError::CircuitOpen { retry_after }),
+        }
+    }
+
+    fn decide(self: &Arc<Self>, now: Instant) -> Decision {
+        let (admission, transition, state) = {
+            let mut b = self.lock();
+            let (admission, transition) = b.admit(now);
+            (admission, transition, b.state())
+        };
         if let Some(t) = transition {
             self.emit(&t);
         }
+        let half_open = state == StateName::HalfOpen;
         if let Admission::Reject { retry_after } = admission {
             self.rejected.inc();
             if self.mode == Mode::Enforce {
-                return Gate::Reject { retry_after };
+                return Decision {
+                    gate: Gate::Reject { retry_after },
+                    half_open,
+                };
             }
             tracing::debug!(upstream = %self.upstream, route = %self.route, "shadow breaker would reject");
         }
-        Gate::Pass(Permit {
-            cell: self.clone(),
-            admission,
-            done: false,
-        })
+        Decision {
+            gate: Gate::Pass(Permit {
+                cell: self.clone(),
+                admission,
+                done: false,
+            }),
+            half_open,
+        }
+    }
+
+    /// Applies the clock: an open breaker whose open period is over moves to half_open now.
+    pub fn refresh(&self, now: Instant) {
+        let transition = self.lock().tick(now);
+        if let Some(t) = transition {
+            self.emit(&t);
+        }
     }
 
     /// Applies an admin action.
@@ -127,9 +182,11 @@ impl BreakerCell {
         }
     }
 
-    /// The breaker's state for the admin API.
+    /// The breaker's state for the admin API (after applying the clock).
     pub fn describe(&self, now: Instant) -> serde_json::Value {
+        self.refresh(now);
         let b = self.lock();
+        let half_open = b.state() == StateName::HalfOpen;
         let (since, reason) = b.since();
         let totals = b.totals(now);
         serde_json::json!({
@@ -147,7 +204,11 @@ impl BreakerCell {
                 "slow_rate": totals.slow_rate(),
             },
             "consecutive_failures": b.consecutive_failures(),
-            "seconds_until_half_open": b.next_probe_in(now).map(|d| d.as_secs_f64()),
+            "seconds_until_half_open": if half_open {
+                Some(0.0)
+            } else {
+                b.next_probe_in(now).map(|d| d.as_secs_f64())
+            },
         })
     }
 
@@ -161,8 +222,9 @@ impl BreakerCell {
         &self.failure_on
     }
 
-    /// The current state.
+    /// The current state (after applying the clock).
     pub fn state(&self) -> StateName {
+        self.refresh(Instant::now());
         self.lock().state()
     }
 
@@ -183,6 +245,34 @@ impl BreakerCell {
         for (gauge, state) in self.state_gauges.iter().zip(StateName::ALL) {
             gauge.set(i64::from(state == t.to));
         }
+        if t.to == StateName::Open {
+            self.end_open_period_on_time();
+        }
+    }
+
+    /// Starts the timer that moves this breaker to half_open when its open period ends (no
+    /// timer for a forced open, which has no end). Outside a tokio runtime (unit tests of the
+    /// views), the views still apply the clock themselves.
+    fn end_open_period_on_time(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.me.clone();
+        runtime.spawn(async move {
+            loop {
+                let wait = {
+                    let Some(cell) = me.upgrade() else { return };
+                    let now = Instant::now();
+                    cell.refresh(now);
+                    // None: no longer open (or forced open); a later open starts its own timer.
+                    let Some(wait) = cell.lock().next_probe_in(now) else {
+                        return;
+                    };
+                    wait
+                };
+                tokio::time::sleep(wait).await;
+            }
+        });
     }
 }
 
@@ -207,5 +297,87 @@ impl Drop for Permit {
         if !self.done && self.admission == Admission::Probe {
             self.cell.lock().cancel_probe();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::classify::CallResult;
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            mode: Mode::Enforce,
+            consecutive_failures: Some(1),
+            failure_rate: None,
+            slow_call_duration: None,
+            slow_call_rate: None,
+            open_for: Duration::from_secs(10),
+            max_open_for: Duration::from_secs(60),
+            half_open_requests: 1,
+            failure_on: FailureSet::default(),
+        }
+    }
+
+    fn fail() -> Call {
+        Call {
+            result: CallResult::Status(503),
+            elapsed: Duration::from_millis(5),
+        }
+    }
+
+    fn gauges(cell: &BreakerCell) -> [i64; 3] {
+        cell.state_gauges.clone().map(|g| g.get())
+    }
+
+    /// On paused time: the gauge says open during the open period and half_open right after
+    /// it, with no request; the refusal while probing is `circuit_half_open`.
+    #[tokio::test(start_paused = true)]
+    async fn open_period_ends_on_the_clock_and_half_open_refusal_says_so() {
+        let metrics = Metrics::new();
+        let cell = BreakerCell::new(config(), "pg", "", &metrics);
+        let Ok(permit) = cell.check(Instant::now()) else {
+            panic!("closed breaker admits")
+        };
+        permit.record(fail(), Instant::now());
+        assert_eq!(gauges(&cell), [0, 1, 0], "closed, open, half_open");
+        let err = cell.check(Instant::now()).err();
+        assert_eq!(err.map(ProxyError::reason), Some("circuit_open"));
+        // open_for 10s, jittered by at most +10%.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert_eq!(gauges(&cell), [0, 1, 0], "still within the open period");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(gauges(&cell), [0, 0, 1], "half_open without traffic");
+        let transitions = metrics
+            .circuit_transitions("pg", "", "open", "half_open")
+            .get();
+        assert_eq!(transitions, 1);
+        let probe = cell.check(Instant::now());
+        assert!(probe.is_ok(), "one probe slot");
+        let refused = cell.check(Instant::now()).err();
+        assert_eq!(refused.map(ProxyError::reason), Some("circuit_half_open"));
+        let response = refused.map(|e| e.to_response(None, Some("pg")));
+        let header = response
+            .as_ref()
+            .and_then(|r| r.headers().get("x-backstop-reason"));
+        assert_eq!(
+            header.and_then(|h| h.to_str().ok()),
+            Some("circuit_half_open")
+        );
+        assert_eq!(response.map(|r| r.status().as_u16()), Some(503));
+    }
+
+    /// A breaker dropped by a reload ends its timer; nothing keeps it alive.
+    #[tokio::test(start_paused = true)]
+    async fn timer_does_not_keep_a_dropped_breaker_alive() {
+        let metrics = Metrics::new();
+        let cell = BreakerCell::new(config(), "pg", "", &metrics);
+        if let Ok(permit) = cell.check(Instant::now()) {
+            permit.record(fail(), Instant::now());
+        }
+        let weak = Arc::downgrade(&cell);
+        drop(cell);
+        assert!(weak.upgrade().is_none());
+        tokio::time::sleep(Duration::from_secs(20)).await;
     }
 }

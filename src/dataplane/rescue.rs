@@ -34,6 +34,13 @@ pub enum ProxyError {
         /// Until the next probe.
         retry_after: std::time::Duration,
     },
+    /// The circuit breaker is half-open and every probe slot is taken: the upstream is being
+    /// probed and gets no other traffic until the probes decide.
+    #[error("the circuit breaker for this upstream is half-open: probing, try again shortly")]
+    CircuitHalfOpen {
+        /// Until the probes are expected to have decided.
+        retry_after: std::time::Duration,
+    },
     /// max_concurrent_requests is reached.
     #[error("too many requests in flight to this upstream")]
     Overloaded,
@@ -80,6 +87,7 @@ impl ProxyError {
             ProxyError::UpstreamError => "upstream_error",
             ProxyError::BadRequest => "bad_request",
             ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::CircuitHalfOpen { .. } => "circuit_half_open",
             ProxyError::Overloaded => "upstream_overloaded",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::RateLimitKeyMissing => "rate_limit_key_missing",
@@ -111,9 +119,9 @@ impl ProxyError {
             ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::TooManyStreams => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::CircuitOpen { .. } | ProxyError::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::CircuitOpen { .. }
+            | ProxyError::CircuitHalfOpen { .. }
+            | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -133,8 +141,9 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
-        if let ProxyError::CircuitOpen { retry_after } | ProxyError::RateLimited { retry_after } =
-            self
+        if let ProxyError::CircuitOpen { retry_after }
+        | ProxyError::CircuitHalfOpen { retry_after }
+        | ProxyError::RateLimited { retry_after } = self
         {
             // Whole seconds, rounded up, at least 1: "0" would invite an immediate retry.
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

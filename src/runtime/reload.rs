@@ -7,6 +7,13 @@
 //! `backstop_config_reloads_total{result="rejected"}` counts it. Listener addresses cannot
 //! change without a restart; such a config is refused with the reason. Requests in flight
 //! finish on the snapshot they started with.
+//!
+//! The watcher acts on content, not on events: it hashes the file and reloads only when the
+//! hash differs from both the running config and the last content it already tried, so an
+//! invalid file is rejected (and logged, and counted) once per distinct content, not at every
+//! event. It ignores access events (opening and reading the file, which it does itself), so it
+//! never wakes itself up: an unchanged file is not read again. SIGHUP and `POST /admin/reload`
+//! are explicit and always reload and report.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +64,8 @@ pub struct Reloader {
     generation: IntGauge,
     last_success: Gauge,
     hash: IntGaugeVec,
+    /// Hash of the last file content the watcher acted on (accepted or rejected).
+    last_seen: std::sync::Mutex<Option<String>>,
 }
 
 impl Reloader {
@@ -77,6 +86,7 @@ impl Reloader {
             generation,
             last_success,
             hash,
+            last_seen: std::sync::Mutex::new(None),
         })
     }
 
@@ -88,10 +98,38 @@ impl Reloader {
     /// Loads the file again and swaps it in; returns the new generation. `trigger` is logged.
     pub async fn reload(&self, trigger: &str) -> Result<u64, ReloadError> {
         let _one_at_a_time = self.lock.lock().await;
-        match self.try_reload() {
+        let result = self.try_reload();
+        self.report(trigger, result)
+    }
+
+    /// The watcher's reload: only when the file's content is new (see the module docs).
+    /// Returns `None` when the content was already running or already tried.
+    async fn reload_if_changed(&self) -> Option<Result<u64, ReloadError>> {
+        let _one_at_a_time = self.lock.lock().await;
+        // A ConfigMap swap can leave the path missing for a moment; the next event retries.
+        let bytes = tokio::fs::read(&self.path).await.ok()?;
+        let hash = config::sha256_hex(&bytes);
+        {
+            let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let running = self.snapshots.load().config.sha256 == hash;
+            if running || last.as_deref() == Some(hash.as_str()) {
+                *last = Some(hash);
+                return None;
+            }
+            *last = Some(hash);
+        }
+        let result = self.try_reload_bytes(bytes);
+        Some(self.report("file changed", result))
+    }
+
+    fn report(&self, trigger: &str, result: Result<u64, ReloadError>) -> Result<u64, ReloadError> {
+        match result {
             Ok(generation) => {
                 self.accepted.inc();
                 tracing::info!(trigger, generation, path = %self.path.display(), "config reloaded");
+                for warning in &self.snapshots.load().config.warnings {
+                    tracing::warn!(trigger, path = %self.path.display(), "{warning}");
+                }
                 Ok(generation)
             }
             Err(error) => {
@@ -105,7 +143,19 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Result<u64, ReloadError> {
-        let next = config::load(&self.path)?;
+        let bytes = std::fs::read(&self.path).map_err(|source| ConfigError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        self.try_reload_bytes(bytes)
+    }
+
+    fn try_reload_bytes(&self, bytes: Vec<u8>) -> Result<u64, ReloadError> {
+        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Io {
+            path: self.path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
+        })?;
+        let next = config::load_str(&text)?;
         let current = self.snapshots.load();
         let mut restart = Vec::new();
         if next.listen != current.config.listen {
@@ -162,7 +212,7 @@ impl Reloader {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if event.is_ok_and(|e| changes_content(&e.kind)) {
                     let _ = tx.send(());
                 }
             })?;
@@ -182,17 +232,25 @@ impl Reloader {
                 tokio::time::sleep_until(tokio::time::Instant::now() + DEBOUNCE).await;
                 while rx.try_recv().is_ok() {}
                 let Some(this) = this.upgrade() else { return };
-                let Ok(bytes) = tokio::fs::read(&this.path).await else {
-                    continue;
-                };
-                let hash = config::sha256_hex(&bytes);
-                if hash != this.snapshots.load().config.sha256 {
-                    let _ = this.reload("file changed").await;
-                }
+                let _ = this.reload_if_changed().await;
             }
         });
         Ok(())
     }
+}
+
+/// Whether a file event can change what the file holds. Opening, reading and closing a file
+/// without writing cannot; the watcher's own reads produce exactly those.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    !matches!(
+        kind,
+        notify::EventKind::Access(
+            notify::event::AccessKind::Open(_)
+                | notify::event::AccessKind::Read
+                | notify::event::AccessKind::Close(notify::event::AccessMode::Read)
+                | notify::event::AccessKind::Close(notify::event::AccessMode::Execute)
+        )
+    )
 }
 
 /// How long a burst of file events is given to settle before reloading.
@@ -202,4 +260,28 @@ fn now_seconds() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+    use notify::EventKind;
+
+    #[test]
+    fn reads_do_not_count_as_changes() {
+        assert!(!super::changes_content(&EventKind::Access(
+            AccessKind::Open(AccessMode::Any)
+        )));
+        assert!(!super::changes_content(&EventKind::Access(
+            AccessKind::Close(AccessMode::Read)
+        )));
+        assert!(super::changes_content(&EventKind::Access(
+            AccessKind::Close(AccessMode::Write)
+        )));
+        assert!(super::changes_content(&EventKind::Modify(
+            ModifyKind::Name(RenameMode::To)
+        )));
+        assert!(super::changes_content(&EventKind::Create(CreateKind::File)));
+        assert!(super::changes_content(&EventKind::Any));
+    }
 }

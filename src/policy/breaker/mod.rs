@@ -6,6 +6,11 @@
 //!   the upstream, which gets room to recover.
 //! - **half_open**: after the open period, exactly `half_open_requests` probes are let through;
 //!   all must succeed to close; one failure opens again for twice as long (capped, jittered).
+//!   A request refused because every probe slot is taken gets 503 `circuit_half_open`.
+//!
+//! The open period ends by the clock, not by traffic: [`Breaker::tick`] moves an open breaker
+//! whose period is over to half_open (the dataplane calls it from a timer and before every
+//! view), so a breaker never reports `open` after its open period with nobody calling.
 //!
 //! # Opening conditions (any that is configured)
 //! - `consecutive_failures`: N failures in a row.
@@ -213,6 +218,46 @@ impl Breaker {
         }
     }
 
+    /// The state at `now`: an open breaker whose open period is over is already half_open,
+    /// even before [`Breaker::tick`] or a request moved it.
+    pub fn state_at(&self, now: Instant) -> StateName {
+        match self.state {
+            State::Open {
+                until,
+                forced: false,
+            } if now >= until => StateName::HalfOpen,
+            _ => self.state(),
+        }
+    }
+
+    /// Moves open -> half_open when the open period is over at `now`, with no request needed;
+    /// every probe slot is still free. Returns the transition, if any.
+    pub fn tick(&mut self, now: Instant) -> Option<Transition> {
+        match self.state {
+            State::Open {
+                until,
+                forced: false,
+            } if now >= until => Some(self.half_open(now, 0)),
+            _ => None,
+        }
+    }
+
+    fn half_open(&mut self, now: Instant, in_flight: u32) -> Transition {
+        let open_for = now.saturating_duration_since(self.since);
+        self.go(
+            State::HalfOpen {
+                in_flight,
+                succeeded: 0,
+            },
+            now,
+            format!(
+                "open for {}; probing with {} request(s)",
+                human(open_for),
+                self.config.half_open_requests
+            ),
+        )
+    }
+
     /// Decides about one request at `now`. May move open -> half_open.
     pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
         match self.state {
@@ -226,19 +271,7 @@ impl Breaker {
                     };
                     return (Admission::Reject { retry_after }, None);
                 }
-                let open_for = now.saturating_duration_since(self.since);
-                let t = self.go(
-                    State::HalfOpen {
-                        in_flight: 1,
-                        succeeded: 0,
-                    },
-                    now,
-                    format!(
-                        "open for {}; probing with {} request(s)",
-                        human(open_for),
-                        self.config.half_open_requests
-                    ),
-                );
+                let t = self.half_open(now, 1);
                 (Admission::Probe, Some(t))
             }
             State::HalfOpen {

@@ -353,3 +353,34 @@ fn jitter_depends_on_the_seed_only() {
     assert_eq!(period(1), period(1));
     assert_ne!(period(1), period(2));
 }
+
+#[test]
+fn open_period_end_is_half_open_without_traffic() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(consecutive(1), t0, 3);
+    call(&mut b, fail(), t0);
+    let until = t0 + b.next_probe_in(t0).unwrap();
+    assert_eq!(b.state_at(until - MS), StateName::Open);
+    assert_eq!(b.tick(until - MS), None, "not yet");
+    assert_eq!(b.state_at(until), StateName::HalfOpen, "resolved on read");
+    let t = b.tick(until).unwrap();
+    assert_eq!((t.from, t.to), (StateName::Open, StateName::HalfOpen));
+    assert!(t.reason.starts_with("open for "), "{}", t.reason);
+    assert_eq!(b.state(), StateName::HalfOpen);
+    assert_eq!(b.tick(until + S), None, "moves once");
+    // Every probe slot is free after a tick: exactly half_open_requests probes, then refusals.
+    let admitted: Vec<_> = (0..4).map(|_| b.admit(until + S)).collect();
+    assert!(admitted[..3]
+        .iter()
+        .all(|(a, t)| *a == Admission::Probe && t.is_none()));
+    assert!(matches!(admitted[3].0, Admission::Reject { .. }));
+}
+
+#[test]
+fn forced_open_never_ticks_to_half_open() {
+    let t0 = Instant::now();
+    let mut b = Breaker::new(consecutive(1), t0, 3);
+    b.force_open(t0);
+    assert_eq!(b.tick(t0 + 3600 * S), None);
+    assert_eq!(b.state_at(t0 + 3600 * S), StateName::Open);
+}
