@@ -461,7 +461,6 @@ async fn admin_view_reports_half_open_as_soon_as_the_period_ends() {
 /// `circuit_half_open`, not "the breaker is open". Needs the dataplane to map the breaker's
 /// refusal through `BreakerCell::check` (see the module docs of breaker_cell).
 #[tokio::test]
-#[ignore = "needs the one-line hook in src/dataplane/target.rs: breaker.map(|b| b.check(now)).transpose()?"]
 async fn half_open_rejection_says_half_open() {
     let backend = Backend::start(Behaviour::Status(503)).await;
     let cfg = "    circuit_breaker:\n      consecutive_failures: 1\n      open_for: 100ms\n      half_open_requests: 1\n";

@@ -282,6 +282,11 @@ impl Permit {
         &self.cell.failure_on
     }
 
+    /// Whether this permit admitted a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.admission == Admission::Probe
+    }
+
     /// Records the outcome of the call this permit admitted.
     pub fn record(mut self, call: Call, now: Instant) {
         self.done = true;

@@ -421,7 +421,12 @@ fn record(snapshot: &Snapshot, target: Target, call: Call) {
     let upstream = &snapshot.upstreams[target.upstream];
     let failure_set = target.permit.as_ref().map(|p| p.failure_on().clone());
     if let Some(permit) = target.permit {
+        let probe_passed = permit.is_probe() && !permit.failure_on().is_failure(call.result);
         permit.record(call, now);
+        if probe_passed {
+            // The breaker just saw the upstream healthy again: so should the balancer.
+            super::load::forgive(&upstream.endpoints, target.endpoint, now);
+        }
     }
     if let Some(ejection) = &upstream.ejection {
         let failure = failure_set.unwrap_or_default().is_failure(call.result);

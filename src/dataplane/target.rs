@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::breaker_cell::{BreakerCell, Gate, Permit};
+use super::breaker_cell::{BreakerCell, Permit};
 use super::bulkhead::Slot;
 use super::rescue::ProxyError;
 use super::upstream::LiveUpstream;
@@ -86,11 +86,7 @@ fn enter(
     } else {
         upstream.breaker.as_ref()
     };
-    let permit = match breaker.map(|b| b.admit(now)) {
-        Some(Gate::Reject { retry_after }) => return Err(ProxyError::CircuitOpen { retry_after }),
-        Some(Gate::Pass(permit)) => Some(permit),
-        None => None,
-    };
+    let permit = breaker.map(|b| b.check(now)).transpose()?;
     // A probe admitted above is handed back by the permit's Drop if the bulkhead refuses.
     let slot = upstream
         .bulkhead

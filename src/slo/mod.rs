@@ -47,6 +47,14 @@ pub struct SloConfig {
 
 /// Whether an answer is a good event for `sli`; `None` when it does not count at all.
 pub fn classify(sli: Sli, status: u16, reason: Option<&str>, elapsed: Duration) -> Option<bool> {
+    // The client's own fault (a broken or stalled body, a client that left) says nothing
+    // about the service: it is neither a good nor a bad event.
+    if matches!(
+        reason,
+        Some("client_body_error" | "client_body_timeout" | "client_closed")
+    ) {
+        return None;
+    }
     match sli {
         Sli::Availability {
             exclude_rate_limited,
@@ -65,6 +73,7 @@ pub fn classify(sli: Sli, status: u16, reason: Option<&str>, elapsed: Duration) 
                         | "upstream_timeout"
                         | "upstream_error"
                         | "circuit_open"
+                        | "circuit_half_open"
                         | "upstream_overloaded"
                 )
             );
