@@ -371,3 +371,47 @@ async fn access_log_records_rate_limit_decisions() {
     })
     .await;
 }
+
+/// A junk-key flood fills the key cap: a merchant never seen before still gets its own fresh
+/// bucket (its first request is admitted), because the least recently used idle key is
+/// evicted instead of new keys sharing one overflow bucket; evictions are counted.
+#[tokio::test]
+async fn a_new_key_is_admitted_while_the_cap_is_full_of_junk_keys() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&limited(
+        &backend,
+        "{ rate: 1/m, burst: 0, key: \"header:x-merchant-id\", max_keys: 50 }",
+    ))
+    .await;
+    // The flood: 500 distinct junk keys, each used once (each bucket now empty for a minute).
+    for i in 0..500 {
+        let id = format!("junk-{i}");
+        get_with(&app, Some(("x-merchant-id", id.as_str()))).await;
+    }
+    // Ten merchants never seen before: each first request is admitted and reaches the backend.
+    let before = backend.hits();
+    for i in 0..10 {
+        let id = format!("merchant-{i}");
+        let r = get_with(&app, Some(("x-merchant-id", id.as_str()))).await;
+        assert_eq!(r.status, 200, "first request of {id}");
+        assert_eq!(
+            r.header("ratelimit"),
+            "\"orders\";r=0;t=60",
+            "{id} has its own bucket"
+        );
+    }
+    assert_eq!(backend.hits() - before, 10, "counted at the backend");
+    // Each merchant's own bucket is enforced: a second request at once is limited.
+    let r = get_with(&app, Some(("x-merchant-id", "merchant-9"))).await;
+    assert_eq!(r.status, 429);
+    let m = metrics(&app).await;
+    let evictions = sample(&m, r#"backstop_rate_limit_evictions_total{route="orders"}"#);
+    assert_eq!(evictions, Some(460.0), "510 keys through a cap of 50");
+    eventually(Duration::from_secs(10), || async {
+        sample(
+            &metrics(&app).await,
+            r#"backstop_rate_limit_keys{route="orders"}"#,
+        ) == Some(50.0)
+    })
+    .await;
+}

@@ -84,7 +84,10 @@ impl RouteLimiter {
         };
         let (limited, keys, backend_errors) =
             metrics.rate_limit(route, scope, config.mode.as_str());
-        let local = (config.scope == Scope::Local).then(|| Arc::new(LocalLimiter::new(config)));
+        let local = (config.scope == Scope::Local).then(|| {
+            let evictions = metrics.rate_limit_evictions(route);
+            Arc::new(LocalLimiter::new(config).counting_evictions(evictions))
+        });
         let pruning = match &local {
             Some(limiter) => {
                 let limiter = Arc::downgrade(limiter);
