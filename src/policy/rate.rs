@@ -136,6 +136,23 @@ pub fn gcra(tat: u64, now: u64, interval: u64, capacity: u32) -> (Verdict, u64) 
     (verdict, new_tat)
 }
 
+/// While Redis fails, the first wait before probing it again.
+pub const PROBE_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between two probes.
+pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The wait before the probe after one that failed after `previous`: doubled, at most
+/// [`PROBE_BACKOFF_MAX`].
+pub fn next_backoff(previous: Duration) -> Duration {
+    (previous * 2).clamp(PROBE_BACKOFF_MIN, PROBE_BACKOFF_MAX)
+}
+
+/// `wait` jittered into `[wait / 2, wait]` by `unit` in `[0, 1]`, so that replicas that lost
+/// Redis together do not probe it together.
+pub fn jittered(wait: Duration, unit: f64) -> Duration {
+    wait.mul_f64(0.5 + unit.clamp(0.0, 1.0) / 2.0)
+}
+
 /// Whole seconds, rounded up, at least 1 (for Retry-After and the RateLimit header's `t`).
 pub fn ceil_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
@@ -203,6 +220,30 @@ mod tests {
         assert!(gcra(tat, 6 * MS, MS, 1).0.allowed);
         let (v, _) = gcra(tat, u64::MAX, u64::MAX, u32::MAX);
         assert!(v.allowed, "saturates instead of overflowing");
+    }
+
+    #[test]
+    fn probe_backoff_doubles_to_a_cap_and_jitters_within_half() {
+        let mut wait = PROBE_BACKOFF_MIN;
+        let mut waits = vec![wait];
+        for _ in 0..7 {
+            wait = next_backoff(wait);
+            waits.push(wait);
+        }
+        let secs: Vec<u64> = waits.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(
+            jittered(Duration::from_secs(4), 0.0),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            jittered(Duration::from_secs(4), 1.0),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            jittered(Duration::from_secs(4), 7.0),
+            Duration::from_secs(4)
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub struct RouteLimiter {
     policy_header: HeaderValue,
     limited: IntCounter,
     backend_errors: IntCounter,
+    fast_fails: IntCounter,
     _pruning: Tasks,
 }
 
@@ -110,6 +111,7 @@ impl RouteLimiter {
                 .expect("route names are valid header text"),
             limited,
             backend_errors,
+            fast_fails: metrics.redis_fast_fail(route),
             _pruning: pruning,
         }
     }
@@ -127,7 +129,13 @@ impl RouteLimiter {
                     Ok(verdict) => verdict,
                     Err(e) => {
                         self.backend_errors.inc();
-                        tracing::warn!(route = %self.route, error = %e, on_error = ?redis.on_error(), "global rate limit undecided");
+                        if e.is_fast() {
+                            // Redis is known to be down: said once when that began, not per request.
+                            self.fast_fails.inc();
+                            tracing::debug!(route = %self.route, error = %e, on_error = ?redis.on_error(), "global rate limit undecided");
+                        } else {
+                            tracing::warn!(route = %self.route, error = %redis.describe(&e), on_error = ?redis.on_error(), "global rate limit undecided");
+                        }
                         let allowed = redis.on_error() == OnError::Allow;
                         let retry = Duration::from_secs(1);
                         return if allowed {
