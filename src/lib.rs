@@ -22,6 +22,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod metrics;
 pub mod policy;
+pub mod redact;
 pub mod runtime;
 pub mod shutdown;
 pub mod slo;

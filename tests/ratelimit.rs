@@ -371,3 +371,184 @@ async fn access_log_records_rate_limit_decisions() {
     })
     .await;
 }
+
+/// A junk-key flood fills the key cap: a merchant never seen before still gets its own fresh
+/// bucket (its first request is admitted), because the least recently used idle key is
+/// evicted instead of new keys sharing one overflow bucket; evictions are counted.
+#[tokio::test]
+async fn a_new_key_is_admitted_while_the_cap_is_full_of_junk_keys() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&limited(
+        &backend,
+        "{ rate: 1/m, burst: 0, key: \"header:x-merchant-id\", max_keys: 50 }",
+    ))
+    .await;
+    // The flood: 500 distinct junk keys, each used once (each bucket now empty for a minute).
+    for i in 0..500 {
+        let id = format!("junk-{i}");
+        get_with(&app, Some(("x-merchant-id", id.as_str()))).await;
+    }
+    // Ten merchants never seen before: each first request is admitted and reaches the backend.
+    let before = backend.hits();
+    for i in 0..10 {
+        let id = format!("merchant-{i}");
+        let r = get_with(&app, Some(("x-merchant-id", id.as_str()))).await;
+        assert_eq!(r.status, 200, "first request of {id}");
+        assert_eq!(
+            r.header("ratelimit"),
+            "\"orders\";r=0;t=60",
+            "{id} has its own bucket"
+        );
+    }
+    assert_eq!(backend.hits() - before, 10, "counted at the backend");
+    // Each merchant's own bucket is enforced: a second request at once is limited.
+    let r = get_with(&app, Some(("x-merchant-id", "merchant-9"))).await;
+    assert_eq!(r.status, 429);
+    let m = metrics(&app).await;
+    let evictions = sample(&m, r#"backstop_rate_limit_evictions_total{route="orders"}"#);
+    assert_eq!(evictions, Some(460.0), "510 keys through a cap of 50");
+    eventually(Duration::from_secs(10), || async {
+        sample(
+            &metrics(&app).await,
+            r#"backstop_rate_limit_keys{route="orders"}"#,
+        ) == Some(50.0)
+    })
+    .await;
+}
+
+/// Redis down fails fast: after a few consecutive errors, decisions apply `on_error` at once
+/// (counted in backstop_redis_fast_fail_total) instead of each waiting on Redis, and
+/// backstop_redis_available says 0. One background probe finds Redis back; limiting resumes.
+#[tokio::test]
+async fn redis_down_fails_fast_and_a_probe_brings_it_back() {
+    let mut redis = RedisServer::start().await;
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&global(&backend, &redis, "allow")).await;
+    eventually(Duration::from_secs(10), || async {
+        get_with(&app, None).await.status == 429
+    })
+    .await;
+    let errors = r#"backstop_rate_limit_backend_errors_total{route="orders"}"#;
+    let fast = r#"backstop_redis_fast_fail_total{route="orders"}"#;
+    let counts = || async {
+        let m = metrics(&app).await;
+        (
+            sample(&m, errors).unwrap_or(0.0),
+            sample(&m, fast).unwrap_or(0.0),
+            sample(&m, "backstop_redis_available"),
+        )
+    };
+    let (errors_before, fast_before, available) = counts().await;
+    assert_eq!(available, Some(1.0));
+
+    redis.stop();
+    let hits_before = backend.hits();
+    for _ in 0..50 {
+        assert_eq!(get_with(&app, None).await.status, 200, "on_error: allow");
+    }
+    assert_eq!(backend.hits() - hits_before, 50, "counted at the backend");
+    let (errors_after, fast_after, available) = counts().await;
+    let undecided = errors_after - errors_before;
+    let fast_fails = fast_after - fast_before;
+    assert_eq!(
+        undecided, 50.0,
+        "every decision Redis did not make is counted"
+    );
+    assert!(
+        undecided - fast_fails <= 3.0,
+        "only the first consecutive errors asked Redis: {} of 50 did",
+        undecided - fast_fails
+    );
+    assert_eq!(available, Some(0.0));
+
+    redis.restart().await;
+    eventually(Duration::from_secs(15), || async {
+        let mut limited = false;
+        for _ in 0..5 {
+            limited |= get_with(&app, None).await.status == 429;
+        }
+        limited
+    })
+    .await;
+    assert_eq!(counts().await.2, Some(1.0));
+}
+
+/// The Redis URL's password never reaches the log, and "connected" is said only after Redis
+/// answered: here nothing listens, so it is never said. Reads every stderr line from the start
+/// (the support Binary keeps only lines after "backstop is serving").
+#[tokio::test]
+async fn redis_password_is_never_logged_and_connected_only_after_ping() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let backend = Backend::start(Behaviour::Echo).await;
+    let closed = support::closed_port().await;
+    let password = "Sup3rS3cretPw";
+    let dir = std::env::temp_dir().join(format!("backstop-redact-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("backstop.yaml");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nredis: {{ url: \"redis://app:{password}@{closed}\", timeout: 50ms, on_error: allow }}\n{}",
+        limited(&backend, "{ rate: 20/s, scope: global }")
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .args(["--log-format", "json"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let sink = lines.clone();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let logged = |needle: &'static str| {
+        let lines = lines.clone();
+        move || {
+            let found = lines.lock().unwrap().iter().any(|l| l.contains(needle));
+            async move { found }
+        }
+    };
+    eventually(Duration::from_secs(10), logged("backstop is serving")).await;
+    let proxy_addr = {
+        let lines = lines.lock().unwrap();
+        let serving = lines
+            .iter()
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "backstop is serving")
+                    .then(|| v["proxy"].as_str().map(String::from))
+            })
+            .flatten()
+            .unwrap();
+        serving
+    };
+    // Decisions that fail (and so log) while Redis is unreachable.
+    for _ in 0..5 {
+        assert_eq!(get(format!("http://{proxy_addr}/orders")).await.status, 200);
+    }
+    eventually(Duration::from_secs(10), logged("cannot connect to redis")).await;
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().all(|l| !l.contains(password)),
+        "the password leaked: {:?}",
+        lines
+            .iter()
+            .filter(|l| l.contains(password))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("redis://app:***@")),
+        "the URL is logged, redacted"
+    );
+    let connected: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("connected to redis") && !l.contains("cannot connect"))
+        .collect();
+    assert!(connected.is_empty(), "nothing listens: {connected:?}");
+    child.kill().await.unwrap();
+}

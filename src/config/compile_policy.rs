@@ -589,10 +589,10 @@ pub(crate) fn rate_limit(
     let max_keys = match &r.max_keys {
         Some(m) if m.value == 0 => {
             issues.at(&format!("{path}.max_keys"), m, "must be at least 1".into());
-            100_000
+            crate::policy::rate::DEFAULT_MAX_KEYS
         }
         Some(m) => m.value as usize,
-        None => 100_000,
+        None => crate::policy::rate::DEFAULT_MAX_KEYS,
     };
     Some(RateLimitConfig {
         mode,

@@ -89,6 +89,9 @@ struct Families {
     rate_limited: IntCounterVec,
     rate_limit_keys: IntGaugeVec,
     rate_limit_errors: IntCounterVec,
+    rate_limit_evictions: IntCounterVec,
+    redis_fast_fail: IntCounterVec,
+    redis_available: IntGauge,
     slo_events: IntCounterVec,
     slo_objective: GaugeVec,
     slo_budget: GaugeVec,
@@ -186,6 +189,13 @@ impl Metrics {
             rate_limited: counters(r, names::RATE_LIMITED_TOTAL, "Requests rejected (enforce) or that would have been (shadow) by a rate limit.", &["route", "scope", "mode"]),
             rate_limit_keys: gauges(r, names::RATE_LIMIT_KEYS, "Live keys of a route's local rate limit.", &["route"]),
             rate_limit_errors: counters(r, names::RATE_LIMIT_BACKEND_ERRORS_TOTAL, "Global rate limit decisions Redis could not make in time.", &["route"]),
+            redis_fast_fail: counters(r, names::REDIS_FAST_FAIL_TOTAL, "Global rate limit decisions that applied on_error at once, without asking Redis, while it was known to be down.", &["route"]),
+            redis_available: {
+                let g = IntGauge::new(names::REDIS_AVAILABLE, "1 while Redis answers global rate limit decisions; 0 while not connected or failing fast.").expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("metric names are unique");
+                g
+            },
+            rate_limit_evictions: counters(r, names::RATE_LIMIT_EVICTIONS_TOTAL, "Keys a route's local rate limit evicted to make room for new ones at max_keys.", &["route"]),
             slo_events: counters(r, names::SLO_EVENTS_TOTAL, "SLI events per SLO, good or bad.", &["slo", "result"]),
             slo_objective: float_gauges(r, names::SLO_OBJECTIVE, "SLO objective as a ratio.", &["slo"]),
             slo_budget: float_gauges(r, names::SLO_ERROR_BUDGET_REMAINING, "Share of the error budget left, since process start up to the SLO window; negative when overspent.", &["slo"]),
@@ -263,6 +273,21 @@ impl Metrics {
             self.0.rate_limit_keys.with_label_values(&[route]),
             self.0.rate_limit_errors.with_label_values(&[route]),
         )
+    }
+
+    /// The eviction counter of a route's local rate limit.
+    pub fn rate_limit_evictions(&self, route: &str) -> prometheus::IntCounter {
+        self.0.rate_limit_evictions.with_label_values(&[route])
+    }
+
+    /// The fast-fail counter of a route's global rate limit.
+    pub fn redis_fast_fail(&self, route: &str) -> prometheus::IntCounter {
+        self.0.redis_fast_fail.with_label_values(&[route])
+    }
+
+    /// The Redis availability gauge.
+    pub fn redis_available(&self) -> IntGauge {
+        self.0.redis_available.clone()
     }
 
     /// The good and bad event counters, objective gauge and budget gauge of an SLO.

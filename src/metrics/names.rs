@@ -45,6 +45,13 @@ pub const RATE_LIMITED_TOTAL: &str = "backstop_rate_limited_total";
 pub const RATE_LIMIT_KEYS: &str = "backstop_rate_limit_keys";
 /// Global rate limit decisions Redis could not make in time.
 pub const RATE_LIMIT_BACKEND_ERRORS_TOTAL: &str = "backstop_rate_limit_backend_errors_total";
+/// Global rate limit decisions that applied `on_error` at once, without asking Redis, while
+/// Redis was known to be down (or not yet connected).
+pub const REDIS_FAST_FAIL_TOTAL: &str = "backstop_redis_fast_fail_total";
+/// 1 while Redis answers global rate limit decisions; 0 while not connected or failing fast.
+pub const REDIS_AVAILABLE: &str = "backstop_redis_available";
+/// Keys a route's local rate limit evicted to make room for new ones at `max_keys`.
+pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "backstop_rate_limit_evictions_total";
 /// SLI events per SLO, result good or bad.
 pub const SLO_EVENTS_TOTAL: &str = "backstop_slo_events_total";
 /// The SLO's objective as a ratio (0.999).

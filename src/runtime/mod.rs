@@ -141,7 +141,11 @@ impl Snapshot {
             Some(p) if global && p.redis.is_some() && p.config.redis == config.redis => {
                 p.redis.clone()
             }
-            _ => config.redis.clone().filter(|_| global).map(Redis::start),
+            _ => config
+                .redis
+                .clone()
+                .filter(|_| global)
+                .map(|c| Redis::start(c, metrics.redis_available())),
         };
         let redis_same = previous.is_some_and(|p| p.config.redis == config.redis);
         let route_limiters = config

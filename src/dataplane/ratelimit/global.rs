@@ -2,21 +2,37 @@
 //!
 //! One Lua script per decision (one round trip, one key, so one cluster slot). It reads the
 //! time from Redis itself, so replicas with skewed clocks still agree. Keys expire when their
-//! bucket is full again, so Redis holds only active keys. Redis being slow or down never
-//! blocks a request longer than `redis.timeout`: the decision falls back to `on_error`, is
-//! counted, and the next request tries again. Connections are re-established in the
-//! background.
+//! bucket is full again, so Redis holds only active keys.
+//!
+//! Redis being slow or down never blocks a request longer than `redis.timeout`, and not even
+//! that once Redis is known to be down: after [`FAIL_FAST_AFTER`] consecutive errors,
+//! decisions apply `on_error` at once without asking Redis, and one background task probes it
+//! with PING after a back-off (1s doubling to 30s, jittered). The first PING that answers
+//! ends the fast-fail period. `backstop_redis_available` shows which state holds.
+//!
+//! "connected to redis" is logged only after Redis answered a PING, and every line or error
+//! that shows the URL shows it redacted ([`crate::redact`]).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use prometheus::IntGauge;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::Script;
 
 use crate::config::RedisConfig;
-use crate::policy::rate::{OnError, RateLimitConfig, Verdict};
+use crate::policy::rate::{
+    jittered, next_backoff, OnError, RateLimitConfig, Verdict, PROBE_BACKOFF_MIN,
+};
+use crate::redact::{redact_url, scrub};
+
+/// Consecutive Redis errors after which decisions stop asking Redis until a probe answers.
+pub const FAIL_FAST_AFTER: u32 = 3;
+/// Longest wait for a PING (connecting, probing).
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// KEYS[1] bucket; ARGV[1] interval in microseconds; ARGV[2] capacity (burst + 1).
 /// Returns {allowed, remaining, reset_us}.
@@ -42,11 +58,33 @@ enum Connection {
     Cluster(ClusterConnection),
 }
 
+impl Connection {
+    async fn ping(&self) -> Result<(), GlobalError> {
+        let call = async {
+            let cmd = redis::cmd("PING");
+            let _: String = match self.clone() {
+                Connection::Single(mut c) => cmd.query_async(&mut c).await?,
+                Connection::Cluster(mut c) => cmd.query_async(&mut c).await?,
+            };
+            Ok::<_, GlobalError>(())
+        };
+        tokio::time::timeout(PING_TIMEOUT, call)
+            .await
+            .map_err(|_| GlobalError::Timeout)?
+    }
+}
+
 /// The shared Redis client for all global limits of one process.
 pub struct Redis {
     config: RedisConfig,
     connection: ArcSwapOption<ConnectionHolder>,
     script: Script,
+    /// Consecutive errors of decisions that asked Redis.
+    errors: AtomicU32,
+    /// Failing fast: decisions do not ask Redis; a probe is running.
+    down: AtomicBool,
+    available: IntGauge,
+    me: Weak<Redis>,
 }
 
 struct ConnectionHolder(Connection);
@@ -54,7 +92,8 @@ struct ConnectionHolder(Connection);
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis")
-            .field("url", &self.config.url)
+            .field("url", &redact_url(&self.config.url))
+            .field("down", &self.down.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -65,6 +104,9 @@ pub enum GlobalError {
     /// Not connected yet.
     #[error("not connected to redis")]
     NotConnected,
+    /// Redis failed repeatedly; decisions do not ask it until a probe answers.
+    #[error("redis is down; not asked until a probe answers")]
+    Down,
     /// Redis answered with an error or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -73,13 +115,26 @@ pub enum GlobalError {
     Timeout,
 }
 
+impl GlobalError {
+    /// Whether the decision failed without waiting on Redis.
+    pub fn is_fast(&self) -> bool {
+        matches!(self, GlobalError::NotConnected | GlobalError::Down)
+    }
+}
+
 impl Redis {
-    /// Starts connecting in the background; decisions follow `on_error` until connected.
-    pub fn start(config: RedisConfig) -> Arc<Self> {
-        let redis = Arc::new(Self {
+    /// Starts connecting in the background; decisions follow `on_error` until Redis answers a
+    /// PING. `available` is `backstop_redis_available`.
+    pub fn start(config: RedisConfig, available: IntGauge) -> Arc<Self> {
+        available.set(0);
+        let redis = Arc::new_cyclic(|me| Self {
             config,
             connection: ArcSwapOption::empty(),
             script: Script::new(GCRA),
+            errors: AtomicU32::new(0),
+            down: AtomicBool::new(false),
+            available,
+            me: me.clone(),
         });
         let weak = Arc::downgrade(&redis);
         tokio::spawn(async move {
@@ -88,17 +143,24 @@ impl Redis {
             loop {
                 attempt += 1;
                 let Some(redis) = weak.upgrade() else { return };
-                match redis.connect().await {
+                let url = redact_url(&redis.config.url);
+                let connected = match redis.connect().await {
+                    Ok(connection) => connection.ping().await.map(|()| connection),
+                    Err(e) => Err(e.into()),
+                };
+                match connected {
                     Ok(connection) => {
                         redis
                             .connection
                             .store(Some(Arc::new(ConnectionHolder(connection))));
-                        tracing::info!(url = %redis.config.url, "connected to redis");
+                        redis.available.set(1);
+                        tracing::info!(url = %url, "connected to redis");
                         return;
                     }
                     // Warn on attempts 1, 2, 4, 8, ...: visible, but not a line every two seconds.
                     Err(e) if attempt.is_power_of_two() => {
-                        tracing::warn!(url = %redis.config.url, error = %e, attempt, "cannot connect to redis yet; rate limit decisions follow on_error")
+                        let error = scrub(&e.to_string(), &redis.config.url);
+                        tracing::warn!(url = %url, error = %error, attempt, "cannot connect to redis yet; rate limit decisions follow on_error")
                     }
                     Err(_) => {}
                 }
@@ -131,8 +193,22 @@ impl Redis {
         self.config.on_error
     }
 
-    /// One GCRA decision for `key` under `limit`, within `redis.timeout`.
+    /// The URL with its password hidden, for log lines.
+    pub fn url(&self) -> String {
+        redact_url(&self.config.url)
+    }
+
+    /// Text of `error` with the URL's password hidden, for log lines.
+    pub fn describe(&self, error: &GlobalError) -> String {
+        scrub(&error.to_string(), &self.config.url)
+    }
+
+    /// One GCRA decision for `key` under `limit`, within `redis.timeout`; at once
+    /// [`GlobalError::Down`] while Redis is known to be down.
     pub async fn check(&self, key: &str, limit: &RateLimitConfig) -> Result<Verdict, GlobalError> {
+        if self.down.load(Ordering::Acquire) {
+            return Err(GlobalError::Down);
+        }
         let holder = self
             .connection
             .load_full()
@@ -147,13 +223,60 @@ impl Redis {
             };
             Ok::<_, GlobalError>(reply)
         };
-        let (allowed, remaining, reset_us) = tokio::time::timeout(self.config.timeout, call)
+        let reply = tokio::time::timeout(self.config.timeout, call)
             .await
-            .map_err(|_| GlobalError::Timeout)??;
+            .map_err(|_| GlobalError::Timeout)
+            .and_then(|r| r);
+        let (allowed, remaining, reset_us) = match reply {
+            Ok(reply) => {
+                if self.errors.load(Ordering::Relaxed) != 0 {
+                    self.errors.store(0, Ordering::Relaxed);
+                }
+                reply
+            }
+            Err(e) => {
+                self.failed(&e, holder);
+                return Err(e);
+            }
+        };
         Ok(Verdict {
             allowed: allowed == 1,
             remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
             reset: Duration::from_micros(reset_us.max(0) as u64),
         })
+    }
+
+    /// Counts a failed decision; the one that reaches [`FAIL_FAST_AFTER`] starts failing fast
+    /// and the probe.
+    fn failed(&self, error: &GlobalError, holder: Arc<ConnectionHolder>) {
+        let errors = self.errors.fetch_add(1, Ordering::AcqRel) + 1;
+        if errors < FAIL_FAST_AFTER || self.down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.available.set(0);
+        tracing::warn!(url = %self.url(), error = %self.describe(error), errors, "redis is failing: global rate limit decisions follow on_error at once until a probe answers");
+        tokio::spawn(probe(self.me.clone(), holder));
+    }
+}
+
+/// PINGs Redis after a jittered, doubling back-off until it answers, then ends fast-failing.
+async fn probe(redis: Weak<Redis>, holder: Arc<ConnectionHolder>) {
+    let mut wait = PROBE_BACKOFF_MIN;
+    loop {
+        tokio::time::sleep(jittered(wait, rand::random::<f64>())).await;
+        let Some(redis) = redis.upgrade() else { return };
+        match holder.0.ping().await {
+            Ok(()) => {
+                redis.errors.store(0, Ordering::Relaxed);
+                redis.down.store(false, Ordering::Release);
+                redis.available.set(1);
+                tracing::info!(url = %redis.url(), "redis answers again; global rate limits use it");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(url = %redis.url(), error = %redis.describe(&e), next_in = ?next_backoff(wait), "redis probe failed");
+                wait = next_backoff(wait);
+            }
+        }
     }
 }

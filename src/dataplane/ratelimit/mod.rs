@@ -38,6 +38,7 @@ pub struct RouteLimiter {
     policy_header: HeaderValue,
     limited: IntCounter,
     backend_errors: IntCounter,
+    fast_fails: IntCounter,
     _pruning: Tasks,
 }
 
@@ -84,7 +85,10 @@ impl RouteLimiter {
         };
         let (limited, keys, backend_errors) =
             metrics.rate_limit(route, scope, config.mode.as_str());
-        let local = (config.scope == Scope::Local).then(|| Arc::new(LocalLimiter::new(config)));
+        let local = (config.scope == Scope::Local).then(|| {
+            let evictions = metrics.rate_limit_evictions(route);
+            Arc::new(LocalLimiter::new(config).counting_evictions(evictions))
+        });
         let pruning = match &local {
             Some(limiter) => {
                 let limiter = Arc::downgrade(limiter);
@@ -107,6 +111,7 @@ impl RouteLimiter {
                 .expect("route names are valid header text"),
             limited,
             backend_errors,
+            fast_fails: metrics.redis_fast_fail(route),
             _pruning: pruning,
         }
     }
@@ -124,7 +129,13 @@ impl RouteLimiter {
                     Ok(verdict) => verdict,
                     Err(e) => {
                         self.backend_errors.inc();
-                        tracing::warn!(route = %self.route, error = %e, on_error = ?redis.on_error(), "global rate limit undecided");
+                        if e.is_fast() {
+                            // Redis is known to be down: said once when that began, not per request.
+                            self.fast_fails.inc();
+                            tracing::debug!(route = %self.route, error = %e, on_error = ?redis.on_error(), "global rate limit undecided");
+                        } else {
+                            tracing::warn!(route = %self.route, error = %redis.describe(&e), on_error = ?redis.on_error(), "global rate limit undecided");
+                        }
                         let allowed = redis.on_error() == OnError::Allow;
                         let retry = Duration::from_secs(1);
                         return if allowed {
