@@ -127,8 +127,8 @@ impl std::fmt::Display for Cidr {
     }
 }
 
-/// The top-level `redis:` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The top-level `redis:` section. Its `Debug` hides the URL's credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`.
     pub url: String,
@@ -138,6 +138,17 @@ pub struct RedisConfig {
     pub on_error: crate::policy::rate::OnError,
     /// Use the Redis Cluster client.
     pub cluster: bool,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &crate::redact::redact_url(&self.url))
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .field("cluster", &self.cluster)
+            .finish()
+    }
 }
 
 /// A named pool of endpoints.

@@ -11,11 +11,7 @@ pub const MAX_ECHO: usize = 120;
 /// Longest message, in bytes, whatever it holds.
 const MAX_MESSAGE: usize = 1000;
 
-/// `redis://user:secret@host` -> `redis://user:***@host`; `redis://token@host` ->
-/// `redis://***@host`. A URL without credentials is returned as it is.
-pub fn redact_url(url: &str) -> String {
-    redact_urls(url).into_owned()
-}
+pub use crate::redact::redact_url;
 
 /// Replaces the credentials of every URL in `text` (`scheme://userinfo@host`) by `***`,
 /// keeping a user name given before a `:`.

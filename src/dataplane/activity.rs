@@ -46,6 +46,38 @@ pub struct ListenerLoad {
     pub in_flight: AtomicUsize,
     /// HTTP/2 streams open on any connection.
     pub h2_streams: AtomicUsize,
+    /// Bytes reserved for replay buffers by requests in flight.
+    pub buffered: Arc<AtomicUsize>,
+}
+
+/// Bytes of replay buffer held by one request; given back when dropped.
+#[derive(Debug)]
+pub struct BufferReservation {
+    bytes: usize,
+    pool: Arc<AtomicUsize>,
+}
+
+impl Drop for BufferReservation {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl ListenerLoad {
+    /// Reserves `bytes` of replay buffer if the listener's total stays within `max`
+    /// (`server.max_buffered_bytes`); `None` means send the request unbuffered.
+    pub fn reserve_buffer(&self, bytes: usize, max: u64) -> Option<BufferReservation> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        self.buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= max)
+            })
+            .ok()?;
+        Some(BufferReservation {
+            bytes,
+            pool: self.buffered.clone(),
+        })
+    }
 }
 
 /// The state of one connection; see the module docs.

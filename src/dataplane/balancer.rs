@@ -95,6 +95,11 @@ impl Balancer {
         })
     }
 
+    /// How many priority groups there are.
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
     /// The choice rule.
     pub fn mode(&self) -> LoadBalancing {
         self.mode

@@ -96,7 +96,12 @@ pub async fn serve(
     let activity = Activity::new(http2, listener.load.clone(), max_streams);
     let io = TokioIo::new(ClientIo::new(prefix, stream, activity.clone()));
     let service = TowerToHyperService::new(Tracked::new(
-        stack::build(&listener.snapshots, &listener.metrics, remote.ip()),
+        stack::build(
+            &listener.snapshots,
+            &listener.metrics,
+            remote.ip(),
+            &listener.load,
+        ),
         activity.clone(),
     ));
     // Time spent sniffing counts against the first request's head.

@@ -23,15 +23,19 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Service;
 
+use super::activity::ListenerLoad;
 use super::body::ProxyBody;
+use super::client_body::{BodyFault, BodyWatch, ClientBody};
 use super::forward;
 use super::outcome::Outcome;
 use super::pool::SendError;
 use super::ratelimit::Decision;
 use super::replay::ReplayBody;
 use super::request_body::RequestBody;
+use super::request_checks;
 use super::rescue::ProxyError;
 use super::router;
+use super::settle;
 use super::target::{self, Target};
 use super::upstream::LiveUpstream;
 use crate::metrics::AttemptResult;
@@ -51,12 +55,14 @@ pub struct Proxy {
     snapshots: SnapshotHandle,
     /// The client's address as an `x-forwarded-for` entry, formatted once per connection.
     client: HeaderValue,
+    /// Counts shared by the listener's connections (the replay buffer budget).
+    load: Arc<ListenerLoad>,
 }
 
 /// Where the request body for each attempt comes from.
 enum Source {
     /// Sent once, as is.
-    Once(Option<Incoming>),
+    Once(Option<ClientBody>),
     /// Kept for replay.
     Replay(ReplayBody),
     /// The client sent no body: every attempt gets an empty one, nothing to keep.
@@ -83,26 +89,55 @@ impl Source {
             Source::Empty => true,
         }
     }
+
+    /// What is left of the client's body, if backstop still holds it, for draining.
+    fn remainder(self) -> settle::Remainder {
+        match self {
+            Source::Once(Some(body)) => settle::Remainder::Client(body),
+            Source::Replay(body) => settle::Remainder::Replay(body),
+            Source::Once(None) => settle::Remainder::Gone,
+            Source::Empty => settle::Remainder::None,
+        }
+    }
+}
+
+/// The attempts of one request so far, as the rules about payments need them.
+#[derive(Debug, Default)]
+struct Trail {
+    /// (upstream, endpoint) pairs already tried.
+    tried: Vec<(usize, usize)>,
+    /// Once a non-idempotent request was written to an upstream, later attempts stay with that
+    /// upstream and its priority group: an idempotency key deduplicates only at the provider
+    /// that saw it.
+    pin: Option<target::Pin>,
+    /// An attempt may have been delivered without an answer (reset or timeout after writing).
+    maybe_delivered: bool,
 }
 
 impl Proxy {
     /// A proxy for a connection from `client_ip`.
-    pub fn new(snapshots: SnapshotHandle, client_ip: IpAddr) -> Self {
+    pub fn new(snapshots: SnapshotHandle, client_ip: IpAddr, load: Arc<ListenerLoad>) -> Self {
         let client = HeaderValue::from_str(&client_ip.to_string())
             .expect("an IP address is a valid header value");
-        Self { snapshots, client }
+        Self {
+            snapshots,
+            client,
+            load,
+        }
     }
 
-    async fn forward(self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn forward(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let snapshot = self.snapshots.load();
         let mut outcome = Outcome::new(snapshot.clone());
+        if let Err(error) = request_checks::check(&mut req) {
+            let response = finish(error.to_response(None, None), outcome, Some(error));
+            return self.answer_early(response, req, &snapshot).await;
+        }
         let Some(route_index) = router::find(&snapshot.config.routes, &req) else {
-            return finish(
-                ProxyError::NoRoute.to_response(None, None),
-                outcome,
-                Some(ProxyError::NoRoute),
-            );
+            let error = ProxyError::NoRoute;
+            let response = finish(error.to_response(None, None), outcome, Some(error));
+            return self.answer_early(response, req, &snapshot).await;
         };
         outcome.route = Some(route_index);
         let Some(limiter) = &snapshot.route_limiters[route_index] else {
@@ -111,37 +146,41 @@ impl Proxy {
                 .await;
         };
         let client = self.client.to_str().unwrap_or("");
-        let (mut response, headers) = match limiter.decide(req.headers(), client).await {
-            Decision::Admit(headers, note) => (
-                {
-                    let mut outcome = outcome;
-                    outcome.note = note;
-                    self.deliver(req, &snapshot, route_index, outcome, started)
-                        .await
-                },
-                headers,
-            ),
+        let upstream = snapshot.config.routes[route_index].upstream;
+        match limiter.decide(req.headers(), client).await {
+            Decision::Admit(headers, note) => {
+                outcome.note = note;
+                let mut response = self
+                    .deliver(req, &snapshot, route_index, outcome, started)
+                    .await;
+                headers.apply(response.headers_mut());
+                response
+            }
             Decision::Reject(headers, retry_after) => {
-                let upstream = snapshot.config.routes[route_index].upstream;
                 let error = ProxyError::RateLimited { retry_after };
-                (
-                    self.fail(&snapshot, route_index, upstream, error, outcome),
-                    headers,
-                )
+                let mut response = self.fail(&snapshot, route_index, upstream, error, outcome);
+                headers.apply(response.headers_mut());
+                self.answer_early(response, req, &snapshot).await
             }
             Decision::MissingKey => {
-                let upstream = snapshot.config.routes[route_index].upstream;
-                return self.fail(
-                    &snapshot,
-                    route_index,
-                    upstream,
-                    ProxyError::RateLimitKeyMissing,
-                    outcome,
-                );
+                let error = ProxyError::RateLimitKeyMissing;
+                let response = self.fail(&snapshot, route_index, upstream, error, outcome);
+                self.answer_early(response, req, &snapshot).await
             }
-        };
-        headers.apply(response.headers_mut());
-        response
+        }
+    }
+
+    /// An answer given before any attempt: keeps the client's connection usable despite the
+    /// unread body (see [`settle`]).
+    async fn answer_early(
+        &self,
+        response: Response<ProxyBody>,
+        req: Request<Incoming>,
+        snapshot: &Snapshot,
+    ) -> Response<ProxyBody> {
+        let http1 = req.version() <= Version::HTTP_11;
+        let timeout = snapshot.config.server.client_body_timeout;
+        settle::keep_alive_safe_raw(response, req.into_body(), http1, timeout).await
     }
 
     /// Sends attempts for a request that matched `route_index` and passed its rate limit.
@@ -155,20 +194,33 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let route = &snapshot.config.routes[route_index];
         let policy = route.retry.as_ref();
+        let limits = &snapshot.config.server;
 
         let (mut parts, body) = req.into_parts();
         self.prepare_headers(&mut parts);
+        let http1 = parts.version <= Version::HTTP_11;
         let kind = match policy {
             Some(p) => retry::request_kind(&parts.method, &parts.headers, p),
             None if retry::is_idempotent(&parts.method) => RequestKind::Idempotent,
             None => RequestKind::NonIdempotent,
         };
+        let (body, watch) = ClientBody::new(body, limits.client_body_timeout);
         let replayable = policy.is_some_and(|p| p.attempts > 1) || !route.failover.is_empty();
-        let mut source = if replayable && http_body::Body::is_end_stream(&body) {
+        let mut _reserved = None;
+        let mut source = if replayable && watch.ended() {
             Source::Empty
         } else if replayable {
             let limit = policy.map_or(65536, |p| p.max_buffered_body);
-            Source::Replay(ReplayBody::new(body, limit))
+            match self.load.reserve_buffer(limit, limits.max_buffered_bytes) {
+                Some(reservation) => {
+                    _reserved = Some(reservation);
+                    Source::Replay(ReplayBody::new(body, limit))
+                }
+                None => {
+                    outcome.note = Some("not_buffered_memory_limit");
+                    Source::Once(Some(body))
+                }
+            }
         } else {
             Source::Once(Some(body))
         };
@@ -177,18 +229,29 @@ impl Proxy {
         }
 
         let deadline = started + route.timeout;
-        let mut tried: Vec<(usize, usize)> = Vec::new();
+        let mut trail = Trail::default();
         let mut attempt_number = 0;
         loop {
             attempt_number += 1;
             let now = Instant::now();
-            let target = match target::choose(snapshot, route_index, &tried, now) {
+            let target = match target::choose(snapshot, route_index, &trail.tried, trail.pin, now) {
                 Ok(target) => target,
                 Err(error) => {
-                    return self.fail(snapshot, route_index, route.upstream, error, outcome)
+                    let response = self.fail(snapshot, route_index, route.upstream, error, outcome);
+                    let response = self.mark_unknown(snapshot, route_index, kind, &trail, response);
+                    return settle::keep_alive_safe(response, source.remainder(), &watch, http1)
+                        .await;
                 }
             };
             let (upstream_index, endpoint_index) = (target.upstream, target.endpoint);
+            if trail.pin.is_some() && trail.tried.contains(&(upstream_index, endpoint_index)) {
+                let upstream = &snapshot.upstreams[upstream_index];
+                if !route.failover.is_empty() || upstream.balancer.groups() > 1 {
+                    // Another provider or priority group would have taken it if the request
+                    // could not have been delivered already.
+                    outcome.note = Some("not_failed_over_maybe_delivered");
+                }
+            }
             if upstream_index != route.upstream {
                 let from = &snapshot.upstreams[route.upstream].name;
                 snapshot.metrics.failover(
@@ -224,7 +287,28 @@ impl Proxy {
                 );
             };
             let (call, response) = send(upstream, endpoint_index, request, per_try).await;
+            if let Some(fault) = client_fault(&watch, call) {
+                // The client broke, stalled or left: nothing here is the upstream's doing, so
+                // the breaker, ejection, retry budget, SLO and unknown counters see nothing.
+                drop(target);
+                let mut response = self.fail(snapshot, route_index, upstream_index, fault, outcome);
+                if http1 {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return response;
+            }
+            let priority = upstream.config.endpoints[endpoint_index].priority;
             record(snapshot, target, call);
+            if kind.non_idempotent_method() && !retry::never_sent(call.result) {
+                trail.pin.get_or_insert(target::Pin {
+                    upstream: upstream_index,
+                    priority,
+                    endpoint: endpoint_index,
+                });
+            }
+            trail.maybe_delivered |= retry::outcome_unknown(call.result);
 
             // Most answers match no retry condition: decide that without the async machinery.
             let retryable = policy.is_some_and(|p| p.on.matches(call.result).is_some());
@@ -248,28 +332,48 @@ impl Proxy {
                 )
                 .await
             };
-            match (decision, response) {
-                (Ok(()), _) => tried.push((upstream_index, endpoint_index)),
-                (Err(note), Ok(response)) => {
-                    outcome.note = note.or(outcome.note);
-                    return finish(response, outcome, None);
+            let note = match decision {
+                Ok(()) => {
+                    trail.tried.push((upstream_index, endpoint_index));
+                    continue;
                 }
-                (Err(note), Err(error)) => {
-                    outcome.note = note.or(outcome.note);
-                    let mut response =
-                        self.fail(snapshot, route_index, upstream_index, error, outcome);
-                    if kind.non_idempotent_method() && retry::outcome_unknown(call.result) {
-                        response
-                            .headers_mut()
-                            .insert(OUTCOME_HEADER, HeaderValue::from_static("unknown"));
-                        snapshot
-                            .metrics
-                            .outcome_unknown(&route.name, &upstream.name);
-                    }
-                    return response;
-                }
-            }
+                Err(note) => note,
+            };
+            outcome.note = note.or(outcome.note);
+            let response = match response {
+                Ok(response) => finish(response, outcome, None),
+                Err(error) => self.fail(snapshot, route_index, upstream_index, error, outcome),
+            };
+            let response = self.mark_unknown(snapshot, route_index, kind, &trail, response);
+            return settle::keep_alive_safe(response, source.remainder(), &watch, http1).await;
         }
+    }
+
+    /// A failed answer to a non-idempotent request that any attempt may have delivered says
+    /// so: `x-backstop-outcome: unknown`, and the metric counts it.
+    fn mark_unknown(
+        &self,
+        snapshot: &Snapshot,
+        route_index: usize,
+        kind: RequestKind,
+        trail: &Trail,
+        mut response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        if !kind.non_idempotent_method()
+            || !trail.maybe_delivered
+            || !response.status().is_server_error()
+        {
+            return response;
+        }
+        response
+            .headers_mut()
+            .insert(OUTCOME_HEADER, HeaderValue::from_static("unknown"));
+        let route = &snapshot.config.routes[route_index];
+        let upstream = trail.pin.map_or(route.upstream, |p| p.upstream);
+        snapshot
+            .metrics
+            .outcome_unknown(&route.name, &snapshot.upstreams[upstream].name);
+        response
     }
 
     /// Decides whether to send another attempt and, if so, waits out the back-off. `Err` means
@@ -413,6 +517,23 @@ async fn send(
         CallResult::Reset => AttemptResult::Error,
     });
     (Call { result, elapsed }, response)
+}
+
+/// The client's fault behind a failed attempt, if it was one: its body broke, it left, or the
+/// attempt timed out while waiting for the client's next bytes.
+fn client_fault(watch: &BodyWatch, call: Call) -> Option<ProxyError> {
+    if matches!(call.result, CallResult::Status(_)) {
+        return None;
+    }
+    let fault = watch.fault().or_else(|| {
+        (call.result == CallResult::Timeout && watch.waiting_on_client())
+            .then_some(BodyFault::Stalled)
+    })?;
+    Some(match fault {
+        BodyFault::Malformed => ProxyError::ClientBodyError,
+        BodyFault::Gone => ProxyError::ClientClosed,
+        BodyFault::Stalled => ProxyError::ClientBodyTimeout,
+    })
 }
 
 /// Feeds an attempt's outcome to the breaker and outlier detection; frees the bulkhead slot.

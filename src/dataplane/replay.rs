@@ -21,14 +21,15 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
+use super::client_body::{ClientBody, ClientBodyError};
 
 /// Why a copy of the body stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// The client's body failed.
-    #[error("client body: {0}")]
-    Client(#[from] hyper::Error),
+    #[error(transparent)]
+    Client(#[from] ClientBodyError),
     /// A newer attempt took over the body.
     #[error("a newer attempt took over the request body")]
     Superseded,
@@ -36,7 +37,7 @@ pub enum ReplayError {
 
 #[derive(Debug)]
 struct Shared {
-    inner: Incoming,
+    inner: ClientBody,
     chunks: Vec<Bytes>,
     len: usize,
     limit: usize,
@@ -59,7 +60,7 @@ pub struct ReplayBody {
 
 impl ReplayBody {
     /// Wraps the client's body, keeping up to `limit` bytes for replay.
-    pub fn new(inner: Incoming, limit: usize) -> Self {
+    pub fn new(inner: ClientBody, limit: usize) -> Self {
         let hint = inner.size_hint();
         let shared = Shared {
             inner,

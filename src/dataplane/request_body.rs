@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
+use super::client_body::ClientBody;
 use super::replay::ReplayBody;
 
 /// Errors of either kind of body.
@@ -23,7 +23,7 @@ pin_project_lite::pin_project! {
     #[project = RequestBodyProj]
     #[derive(Debug)]
     pub enum RequestBody {
-        Direct { #[pin] body: Incoming },
+        Direct { #[pin] body: ClientBody },
         Replay { #[pin] body: ReplayBody },
         Local { #[pin] body: Full<Bytes> },
     }

@@ -8,9 +8,11 @@
 //! total deadline, retry with budget, circuit breaker and outlier ejection per attempt.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tower::ServiceBuilder;
 
+use super::activity::ListenerLoad;
 use super::observe::{Observe, ObserveLayer};
 use super::proxy::Proxy;
 use crate::metrics::Metrics;
@@ -20,8 +22,13 @@ use crate::runtime::SnapshotHandle;
 pub type Stack = Observe<Proxy>;
 
 /// Builds the stack for a connection from `client_ip`.
-pub fn build(snapshots: &SnapshotHandle, metrics: &Metrics, client_ip: IpAddr) -> Stack {
+pub fn build(
+    snapshots: &SnapshotHandle,
+    metrics: &Metrics,
+    client_ip: IpAddr,
+    load: &Arc<ListenerLoad>,
+) -> Stack {
     ServiceBuilder::new()
         .layer(ObserveLayer::new(metrics.clone()))
-        .service(Proxy::new(snapshots.clone(), client_ip))
+        .service(Proxy::new(snapshots.clone(), client_ip, load.clone()))
 }

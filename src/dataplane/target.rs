@@ -29,20 +29,39 @@ pub struct Target {
     pub slot: Slot,
 }
 
+/// Where a request that may have been delivered must stay: the upstream (provider) and
+/// priority group that saw it. Only attempts that provably were never written may move on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin {
+    /// Index of the upstream.
+    pub upstream: usize,
+    /// Its priority group.
+    pub priority: u32,
+    /// The endpoint that saw it, used again when no other endpoint of the group is available.
+    pub endpoint: usize,
+}
+
 /// Chooses the target for the next attempt of a request on `route`, avoiding `tried`
-/// (upstream, endpoint) pairs.
+/// (upstream, endpoint) pairs; with a `pin`, only within the pinned upstream and group.
 pub fn choose(
     snapshot: &Snapshot,
     route: usize,
     tried: &[(usize, usize)],
+    pin: Option<Pin>,
     now: Instant,
 ) -> Result<Target, ProxyError> {
+    if let Some(pin) = pin {
+        let upstream = &snapshot.upstreams[pin.upstream];
+        let in_group = |e: usize| upstream.config.endpoints[e].priority == pin.priority;
+        let endpoint = pick(upstream, pin.upstream, tried, &in_group, now).unwrap_or(pin.endpoint);
+        return enter(snapshot, route, pin.upstream, endpoint, now);
+    }
     let config = &snapshot.config.routes[route];
     let candidates = std::iter::once(config.upstream).chain(config.failover.iter().copied());
     let mut refusal = None;
     let mut fallback = None;
     for u in candidates {
-        let Some(endpoint) = pick(&snapshot.upstreams[u], u, tried, now) else {
+        let Some(endpoint) = pick(&snapshot.upstreams[u], u, tried, &|_| true, now) else {
             fallback.get_or_insert(u);
             continue;
         };
@@ -104,10 +123,12 @@ fn pick(
     upstream: &LiveUpstream,
     u: usize,
     tried: &[(usize, usize)],
+    allowed: &dyn Fn(usize) -> bool,
     now: Instant,
 ) -> Option<usize> {
     let available = |e: usize| {
-        upstream.endpoints[e].is_healthy()
+        allowed(e)
+            && upstream.endpoints[e].is_healthy()
             && upstream
                 .ejection
                 .as_ref()
