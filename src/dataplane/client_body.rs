@@ -80,6 +80,26 @@ impl BodyWatch {
     }
 }
 
+/// Whether a body error means the client went away (closed or reset its connection) rather
+/// than sent something malformed.
+fn client_left(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
 pin_project_lite::pin_project! {
     /// The client's body with its watch and its stall deadline.
     #[derive(Debug)]
@@ -136,7 +156,7 @@ impl Body for ClientBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.watch.waiting.store(false, Ordering::Release);
-                let fault = if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+                let fault = if client_left(&e) {
                     BodyFault::Gone
                 } else {
                     BodyFault::Malformed

@@ -300,6 +300,7 @@ impl Proxy {
                 return response;
             }
             let priority = upstream.config.endpoints[endpoint_index].priority;
+            account(upstream, endpoint_index, call);
             record(snapshot, target, call);
             if kind.non_idempotent_method() && !retry::never_sent(call.result) {
                 trail.pin.get_or_insert(target::Pin {
@@ -471,7 +472,8 @@ fn upstream_request(
     Some(Request::from_parts(parts, body))
 }
 
-/// Sends one attempt and classifies how it ended, counting it in the endpoint's metrics.
+/// Sends one attempt and classifies how it ended. [`account`] then counts it, unless the
+/// client was at fault.
 async fn send(
     upstream: &LiveUpstream,
     endpoint_index: usize,
@@ -503,6 +505,13 @@ async fn send(
     };
     drop(in_flight);
     let elapsed = started.elapsed();
+    (Call { result, elapsed }, response)
+}
+
+/// Counts an attempt in the endpoint's load estimate and metrics.
+fn account(upstream: &LiveUpstream, endpoint_index: usize, call: Call) {
+    let endpoint = &upstream.endpoints[endpoint_index];
+    let Call { result, elapsed } = call;
     if let CallResult::Status(_) = result {
         endpoint.load.observe(elapsed);
     } else {
@@ -516,7 +525,6 @@ async fn send(
         CallResult::Timeout => AttemptResult::Timeout,
         CallResult::Reset => AttemptResult::Error,
     });
-    (Call { result, elapsed }, response)
 }
 
 /// The client's fault behind a failed attempt, if it was one: its body broke, it left, or the
