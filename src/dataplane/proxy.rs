@@ -26,6 +26,7 @@ use tower::Service;
 use super::body::ProxyBody;
 use super::forward;
 use super::outcome::Outcome;
+use super::path;
 use super::pool::SendError;
 use super::ratelimit::Decision;
 use super::replay::ReplayBody;
@@ -93,10 +94,19 @@ impl Proxy {
         Self { snapshots, client }
     }
 
-    async fn forward(self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn forward(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let snapshot = self.snapshots.load();
         let mut outcome = Outcome::new(snapshot.clone());
+        if path::normalize_uri(req.uri_mut()).is_err() {
+            let error = ProxyError::BadPath;
+            return finish(error.to_response(None, None), outcome, Some(error));
+        }
+        // Before routing and rate limiting, so neither sees a forged x-forwarded-for.
+        let trusted = forward::is_trusted(&snapshot.config.server.trusted_proxies, &self.client);
+        let (mut parts, body) = req.into_parts();
+        forward::add_forwarded(&mut parts.headers, &parts.uri, &self.client, trusted);
+        let req = Request::from_parts(parts, body);
         let Some(route_index) = router::find(&snapshot.config.routes, &req) else {
             return finish(
                 ProxyError::NoRoute.to_response(None, None),
@@ -105,6 +115,16 @@ impl Proxy {
             );
         };
         outcome.route = Some(route_index);
+        let route = &snapshot.config.routes[route_index];
+        if !route.allow_encoded_slashes && path::has_encoded_slash(req.uri().path()) {
+            return self.fail(
+                &snapshot,
+                route_index,
+                route.upstream,
+                ProxyError::BadPath,
+                outcome,
+            );
+        }
         let Some(limiter) = &snapshot.route_limiters[route_index] else {
             return self
                 .deliver(req, &snapshot, route_index, outcome, started)
@@ -337,8 +357,8 @@ impl Proxy {
                 parts.headers.insert(header::HOST, value);
             }
         }
+        // The forwarding headers were set in `forward`, before routing.
         forward::strip_hop_by_hop(&mut parts.headers);
-        forward::add_forwarded(&mut parts.headers, &self.client);
     }
 }
 
