@@ -158,6 +158,7 @@ async fn dot_segments_escaping_the_route_or_the_root_answer_bad_path_or_no_route
     for (target, status, reason) in [
         (&b"/public/../internal/x"[..], 404, "no_route"),
         (b"/public/%2e%2e/internal", 404, "no_route"),
+        (b"http://a.test/public/../internal", 404, "no_route"),
         (b"/public/..;/internal", 400, "bad_path"),
         (b"/public/..%2finternal", 400, "bad_path"),
         (b"/public/..%5Cinternal", 400, "bad_path"),
@@ -188,6 +189,7 @@ async fn the_normalised_path_is_what_the_backend_receives() {
         (b"/public/a/.", "/public/a/", None),
         (b"/internal/../public/x", "/public/x", None),
         (b"/public/file.v2.json", "/public/file.v2.json", None),
+        (b"http://a.test/public/a/../b?q", "/public/b", Some("q")),
         (b"/public/a%20b/%7Euser", "/public/a%20b/%7Euser", None),
     ] {
         let before = backend.hits();
@@ -220,14 +222,19 @@ async fn encoded_slashes_and_backslashes_need_the_route_to_allow_them() {
             "{shown}"
         );
     }
-    // A raw backslash is refused too, by backstop or already by the HTTP parser.
-    assert_eq!(raw_get(&app, b"/public/a\\b", b"").await.status, 400);
+    // A raw backslash too (hyper's parser lets it through).
+    let answer = raw_get(&app, b"/public/a\\b", b"").await;
+    assert_eq!(answer.status, 400, "{}", answer.head);
+    assert_eq!(answer.header("x-backstop-reason"), Some("bad_path"));
     assert_eq!(backend.hits(), 0);
 
     let answer = raw_get(&app, b"/files/a%2Fb/c%5Cd", b"").await;
     assert_eq!(answer.status, 200, "{}", answer.head);
     assert_eq!(answer.json()["path"], "/files/a%2Fb/c%5Cd");
-    assert_eq!(backend.hits(), 1);
+    let answer = raw_get(&app, b"/files/a\\b", b"").await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    assert_eq!(answer.json()["path"], "/files/a\\b");
+    assert_eq!(backend.hits(), 2);
 }
 
 #[tokio::test]
@@ -354,4 +361,50 @@ async fn connection_cannot_strip_the_headers_backstop_sets_or_traces_by() {
     assert_eq!(seen["host"], "a.test");
     // Other headers named in Connection are still hop-by-hop.
     assert!(seen.get("x-drop-me").is_none());
+}
+
+/// HTTP/2 carries the path in `:path` and the host in `:authority`: same rules.
+#[tokio::test]
+async fn http2_paths_are_normalised_and_forwarding_headers_replaced_too() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&routes(&backend, "")).await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let h2 = |path: &str, spoof: bool| {
+        let mut req = http::Request::get(format!("http://{}{path}", app.proxy_addr()));
+        if spoof {
+            req = req
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("x-forwarded-host", "bank.example");
+        }
+        let req = req.body(http_body_util::Full::default()).unwrap();
+        let client = client.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let resp = client.request(req).await.expect("the proxy answered");
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    let (status, _) = h2("/public/%2e%2e/internal/users", false).await;
+    assert_eq!(status, 404);
+    let (status, _) = h2("/public/..%2finternal/users", false).await;
+    assert_eq!(status, 400);
+    let (status, _) = h2("/public/a%2Fb", false).await;
+    assert_eq!(status, 400);
+    assert_eq!(backend.hits(), 0);
+
+    let (status, body) = h2("/public/a/./b/../c?x=1", true).await;
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["path"], "/public/a/c");
+    assert_eq!(echo["query"], "x=1");
+    let seen = backend.last_headers();
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], app.proxy_addr().to_string());
+    assert_eq!(backend.hits(), 1);
 }
