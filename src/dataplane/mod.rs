@@ -18,6 +18,7 @@ pub mod health;
 pub mod load;
 pub mod observe;
 pub mod outcome;
+pub mod path;
 pub mod pool;
 pub mod proxy;
 pub mod ratelimit;

@@ -28,6 +28,7 @@ use super::body::ProxyBody;
 use super::client_body::{BodyFault, BodyWatch, ClientBody};
 use super::forward;
 use super::outcome::Outcome;
+use super::path;
 use super::pool::SendError;
 use super::ratelimit::Decision;
 use super::replay::ReplayBody;
@@ -134,12 +135,28 @@ impl Proxy {
             let response = finish(error.to_response(None, None), outcome, Some(error));
             return self.answer_early(response, req, &snapshot).await;
         }
+        if path::normalize_uri(req.uri_mut()).is_err() {
+            let error = ProxyError::BadPath;
+            let response = finish(error.to_response(None, None), outcome, Some(error));
+            return self.answer_early(response, req, &snapshot).await;
+        }
+        // Before routing and rate limiting, so neither sees a forged x-forwarded-for.
+        let trusted = forward::is_trusted(&snapshot.config.server.trusted_proxies, &self.client);
+        let (mut parts, body) = req.into_parts();
+        forward::add_forwarded(&mut parts.headers, &parts.uri, &self.client, trusted);
+        let req = Request::from_parts(parts, body);
         let Some(route_index) = router::find(&snapshot.config.routes, &req) else {
             let error = ProxyError::NoRoute;
             let response = finish(error.to_response(None, None), outcome, Some(error));
             return self.answer_early(response, req, &snapshot).await;
         };
         outcome.route = Some(route_index);
+        let route = &snapshot.config.routes[route_index];
+        if !route.allow_encoded_slashes && path::has_encoded_slash(req.uri().path()) {
+            let error = ProxyError::BadPath;
+            let response = self.fail(&snapshot, route_index, route.upstream, error, outcome);
+            return self.answer_early(response, req, &snapshot).await;
+        }
         let Some(limiter) = &snapshot.route_limiters[route_index] else {
             return self
                 .deliver(req, &snapshot, route_index, outcome, started)
@@ -442,8 +459,8 @@ impl Proxy {
                 parts.headers.insert(header::HOST, value);
             }
         }
+        // The forwarding headers were set in `forward`, before routing.
         forward::strip_hop_by_hop(&mut parts.headers);
-        forward::add_forwarded(&mut parts.headers, &self.client);
     }
 }
 
