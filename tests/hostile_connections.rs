@@ -317,3 +317,78 @@ async fn http2_streams_are_capped_across_connections() {
         backend.hits()
     );
 }
+
+#[tokio::test]
+async fn a_silent_admin_connection_is_closed_too() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&config(&backend, "  header_read_timeout: 300ms\n")).await;
+    let mut silent = TcpStream::connect(app.admin_addr()).await.unwrap();
+    assert!(
+        closed_within(&mut silent, WITHIN).await,
+        "silent admin connection kept"
+    );
+    let health = get(format!("http://{}/healthz", app.admin_addr())).await;
+    assert_eq!(health.status, StatusCode::OK);
+}
+
+/// The real binary with a 160-descriptor limit and 200 silent clients: the derived connection
+/// limit keeps descriptors for the admin listener, so /healthz still answers.
+#[tokio::test]
+async fn with_few_file_descriptors_silent_clients_cannot_starve_the_admin_listener() {
+    use tokio::io::AsyncBufReadExt;
+    let backend = Backend::start(Behaviour::Echo).await;
+    let dir = std::env::temp_dir().join(format!("backstop-fds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yaml");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n{}",
+        simple_config(&[&backend], "")
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let command = format!(
+        "ulimit -n 160 && exec '{}' run -c '{}' --log-format json",
+        env!("CARGO_BIN_EXE_backstop"),
+        file.display()
+    );
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &command])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (proxy, admin) = loop {
+        let line = tokio::time::timeout(WITHIN, lines.next_line())
+            .await
+            .expect("backstop logged its addresses")
+            .unwrap()
+            .expect("backstop is running");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["message"] == "backstop is serving" {
+            break (
+                v["proxy"].as_str().unwrap().to_owned(),
+                v["admin"].as_str().unwrap().to_owned(),
+            );
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(TcpStream::connect(&proxy).await.unwrap());
+    }
+    for _ in 0..5 {
+        let health = tokio::time::timeout(
+            Duration::from_secs(2),
+            get(format!("http://{admin}/healthz")),
+        )
+        .await
+        .expect("healthz answers while silent clients hold the proxy listener");
+        assert_eq!(health.status, StatusCode::OK);
+    }
+    let m = get(format!("http://{admin}/metrics")).await;
+    let m = String::from_utf8_lossy(&m.body).into_owned();
+    assert_eq!(sample(&m, "backstop_connections_limit"), Some(16.0), "{m}");
+    drop(silent);
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,9 +30,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -55,19 +55,40 @@ pub struct AdminState {
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` turns true.
+///
+/// HTTP/1.1 only (Prometheus, probes, browsers and curl all speak it), with the proxy's
+/// `server.header_read_timeout` for every request head, so a silent or slow client cannot keep
+/// an admin connection; accept errors (EMFILE) back off instead of spinning.
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
     let port = listener.local_addr().map_or(0, |a| a.port());
+    let mut backoff = ACCEPT_BACKOFF;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(conn) => {
+                        backoff = ACCEPT_BACKOFF;
+                        conn
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, pause = ?backoff, "admin accept failed; pausing");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                        continue;
+                    }
+                };
+                let header_timeout = state.snapshots.load().config.server.header_read_timeout;
                 let state = state.clone();
                 let service = service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handle(&state, &req, peer.ip().is_loopback(), port).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .keep_alive(true);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -76,6 +97,10 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         }
     }
 }
+
+/// First pause after a failed accept; doubles up to [`MAX_ACCEPT_BACKOFF`].
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
+const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn handle(
     state: &AdminState,

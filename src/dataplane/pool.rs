@@ -21,6 +21,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -45,6 +46,13 @@ pub enum SendError {
     /// No connection could be made (TCP or TLS) in time: nothing was sent.
     #[error("connect: {0}")]
     Connect(String),
+    /// A reused connection the upstream had closed: it was found closed just before the
+    /// request's first byte was written, or it was reset before any byte of an answer came
+    /// back (a server that closes with unread data resets the connection: RFC 1122
+    /// 4.2.2.13), so the upstream application never read the request. Safe to send again on
+    /// a fresh connection, whatever the method.
+    #[error("reused connection was closed by the upstream before it read the request: {0}")]
+    NotProcessed(String),
     /// The connection failed after the request may have been written.
     #[error("{0}")]
     Failed(hyper::Error),
@@ -76,8 +84,21 @@ pub struct Target {
 #[derive(Debug)]
 struct Idle {
     sender: http1::SendRequest<RequestBody>,
-    socket: Arc<TcpStream>,
+    io: Arc<IoState>,
     since: Instant,
+}
+
+/// What the pool and a connection's socket wrapper share.
+#[derive(Debug)]
+struct IoState {
+    socket: TcpStream,
+    /// Bytes read from the upstream so far.
+    read: AtomicU64,
+    /// Set before a request goes out on a reused connection: the first write checks that
+    /// the upstream has not closed the connection meanwhile.
+    check_before_write: AtomicBool,
+    /// The first write found the connection closed and wrote nothing.
+    refused: AtomicBool,
 }
 
 /// Settings shared by every endpoint of one upstream.
@@ -167,7 +188,7 @@ impl Pool {
                 request.headers_mut().insert(http::header::HOST, host);
             }
         }
-        self.send(endpoint, request).await
+        self.send(endpoint, request, false).await
     }
 
     /// Idle connections kept for `endpoint` right now.
@@ -177,24 +198,30 @@ impl Pool {
             .map_or(0, |t| lock(&t.idle).len())
     }
 
-    /// Sends `request` to `endpoint`. A reused connection that turns out closed before the
-    /// request was written is replaced by another (or a new one), transparently.
+    /// Sends `request` to `endpoint`, on a new connection when `fresh`. A reused connection
+    /// that hyper finds closed before writing is replaced transparently; one the upstream
+    /// closed under the request without reading it is [`SendError::NotProcessed`].
     pub async fn send(
         &self,
         endpoint: usize,
         mut request: Request<RequestBody>,
+        fresh: bool,
     ) -> Result<Response<PooledBody>, SendError> {
         let target = self
             .targets
             .get(endpoint)
             .ok_or_else(|| SendError::Connect(format!("no endpoint {endpoint}")))?;
         loop {
-            let (mut conn, reused) = match self.checkout(target) {
+            let idle = if fresh { None } else { self.checkout(target) };
+            let (mut conn, reused) = match idle {
                 Some(idle) => (idle, true),
                 None => (self.connect(target).await?, false),
             };
+            let read_before = conn.io.read.load(Ordering::Acquire);
+            conn.io.check_before_write.store(reused, Ordering::Release);
             match conn.sender.try_send_request(request).await {
                 Ok(response) => {
+                    conn.io.check_before_write.store(false, Ordering::Release);
                     let returner = Returner {
                         target: Arc::downgrade(target),
                         conn: Some(conn),
@@ -217,7 +244,18 @@ impl Pool {
                             e.error()
                         )))
                     }
-                    None => return Err(SendError::Failed(e.into_error())),
+                    None => {
+                        let error = e.into_error();
+                        let io = &conn.io;
+                        let unanswered = io.read.load(Ordering::Acquire) == read_before;
+                        if reused
+                            && (io.refused.load(Ordering::Acquire)
+                                || (unanswered && reset_by_peer(&error)))
+                        {
+                            return Err(SendError::NotProcessed(error.to_string()));
+                        }
+                        return Err(SendError::Failed(error));
+                    }
                 },
             }
         }
@@ -231,13 +269,13 @@ impl Pool {
             if now.duration_since(conn.since) >= self.settings.idle_timeout
                 || conn.sender.is_closed()
                 || !conn.sender.is_ready()
-                || !quiet(&conn.socket)
+                || !quiet(&conn.io.socket)
             {
                 continue;
             }
             return Some(Conn {
                 sender: conn.sender,
-                socket: conn.socket,
+                io: conn.io,
             });
         }
         None
@@ -268,8 +306,13 @@ impl Pool {
             .await
             .map_err(|_| SendError::Connect(format!("{}: timed out", target.address)))??;
         let _ = tcp.set_nodelay(true);
-        let socket = Arc::new(tcp);
-        let io = SharedTcp(socket.clone());
+        let state = Arc::new(IoState {
+            socket: tcp,
+            read: AtomicU64::new(0),
+            check_before_write: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
+        });
+        let io = SharedTcp(state.clone());
         let builder = http1::Builder::new();
         let sender = match &self.tls {
             None => {
@@ -298,8 +341,24 @@ impl Pool {
                 sender
             }
         };
-        Ok(Conn { sender, socket })
+        Ok(Conn { sender, io: state })
     }
+}
+
+/// Whether the connection was reset (or the write hit a reset): the peer's socket closed with
+/// our bytes unread.
+fn reset_by_peer(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Whether nothing is waiting to be read on an idle connection: no EOF, no stray bytes.
@@ -319,7 +378,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 struct Conn {
     sender: http1::SendRequest<RequestBody>,
-    socket: Arc<TcpStream>,
+    io: Arc<IoState>,
 }
 
 /// Puts a connection back into its endpoint's idle list once its response was read whole.
@@ -341,7 +400,7 @@ impl Returner {
         }
         idle.push(Idle {
             sender: conn.sender,
-            socket: conn.socket,
+            io: conn.io,
             since: Instant::now(),
         });
     }
@@ -418,9 +477,25 @@ impl Body for PooledBody {
 use std::future::Future as _;
 
 /// A TCP stream shared between hyper (which reads and writes it) and the pool (which peeks at
-/// it before reuse).
+/// it before reuse and counts what was read).
 #[derive(Debug)]
-struct SharedTcp(Arc<TcpStream>);
+struct SharedTcp(Arc<IoState>);
+
+impl SharedTcp {
+    /// On the first write of a request on a reused connection: refuses (writing nothing) if
+    /// the upstream closed the connection since the pool checked it.
+    fn refuse_if_closed(&self) -> Option<io::Error> {
+        let state = &self.0;
+        if !state.check_before_write.swap(false, Ordering::AcqRel) || quiet(&state.socket) {
+            return None;
+        }
+        state.refused.store(true, Ordering::Release);
+        Some(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the upstream closed the connection before the request was written",
+        ))
+    }
+}
 
 impl AsyncRead for SharedTcp {
     fn poll_read(
@@ -428,12 +503,14 @@ impl AsyncRead for SharedTcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let socket = &self.0.socket;
         loop {
-            ready!(self.0.poll_read_ready(cx))?;
+            ready!(socket.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match self.0.try_read(unfilled) {
+            match socket.try_read(unfilled) {
                 Ok(n) => {
                     buf.advance(n);
+                    self.0.read.fetch_add(n as u64, Ordering::AcqRel);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -449,9 +526,13 @@ impl AsyncWrite for SharedTcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(refused) = self.refuse_if_closed() {
+            return Poll::Ready(Err(refused));
+        }
+        let socket = &self.0.socket;
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
+            ready!(socket.poll_write_ready(cx))?;
+            match socket.try_write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
             }
@@ -463,9 +544,13 @@ impl AsyncWrite for SharedTcp {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(refused) = self.refuse_if_closed() {
+            return Poll::Ready(Err(refused));
+        }
+        let socket = &self.0.socket;
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
+            ready!(socket.poll_write_ready(cx))?;
+            match socket.try_write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
             }
@@ -481,6 +566,6 @@ impl AsyncWrite for SharedTcp {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+        Poll::Ready(socket2::SockRef::from(&self.0.socket).shutdown(std::net::Shutdown::Write))
     }
 }

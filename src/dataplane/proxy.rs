@@ -222,7 +222,13 @@ impl Proxy {
             None => RequestKind::NonIdempotent,
         };
         let (body, watch) = ClientBody::new(body, limits.client_body_timeout);
-        let replayable = policy.is_some_and(|p| p.attempts > 1) || !route.failover.is_empty();
+        // Small bodies are always kept, so that a request an upstream provably never read (it
+        // reset a reused connection first) can be sent again on a fresh one.
+        let small = http_body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|n| n <= settle::DRAIN_LIMIT as u64);
+        let replayable =
+            small || policy.is_some_and(|p| p.attempts > 1) || !route.failover.is_empty();
         let mut _reserved = None;
         let mut source = if replayable && watch.ended() {
             Source::Empty
@@ -303,7 +309,20 @@ impl Proxy {
                     outcome,
                 );
             };
-            let (call, response) = send(upstream, endpoint_index, request, per_try).await;
+            let sent_at = Instant::now();
+            let (mut call, mut response, unread) =
+                send(upstream, endpoint_index, request, per_try, false).await;
+            if unread && source.can_replay() {
+                // The upstream closed a reused connection without reading the request: send
+                // it again on a new connection. Not a retry: the first copy never arrived.
+                let again = source.next().and_then(|body| {
+                    upstream_request(parts.clone(), body, upstream, endpoint_index)
+                });
+                if let Some(request) = again {
+                    let left = per_try.saturating_sub(sent_at.elapsed());
+                    (call, response, _) = send(upstream, endpoint_index, request, left, true).await;
+                }
+            }
             if let Some(fault) = client_fault(&watch, call) {
                 // The client broke, stalled or left: nothing here is the upstream's doing, so
                 // the breaker, ejection, retry budget, SLO and unknown counters see nothing.
@@ -489,18 +508,21 @@ fn upstream_request(
     Some(Request::from_parts(parts, body))
 }
 
-/// Sends one attempt and classifies how it ended. [`account`] then counts it, unless the
-/// client was at fault.
+/// Sends one attempt and classifies how it ended; the flag says the upstream provably did
+/// not read the request (see [`SendError::NotProcessed`]). [`account`] then counts it,
+/// unless the client was at fault.
 async fn send(
     upstream: &LiveUpstream,
     endpoint_index: usize,
     request: Request<RequestBody>,
     timeout: Duration,
-) -> (Call, Result<Response<ProxyBody>, ProxyError>) {
+    fresh: bool,
+) -> (Call, Result<Response<ProxyBody>, ProxyError>, bool) {
     let endpoint = &upstream.endpoints[endpoint_index];
     let started = Instant::now();
     let in_flight = endpoint.load.start();
-    let sent = upstream.client.send(endpoint_index, request);
+    let sent = upstream.client.send(endpoint_index, request, fresh);
+    let mut unread = false;
     let (result, response) = match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(mut response)) => {
             forward::strip_hop_by_hop(response.headers_mut());
@@ -514,6 +536,11 @@ async fn send(
             tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %e, "connect failed");
             (CallResult::ConnectFailure, Err(ProxyError::ConnectFailed))
         }
+        Ok(Err(SendError::NotProcessed(e))) => {
+            tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %e, "reused connection closed before the request was read");
+            unread = true;
+            (CallResult::ConnectFailure, Err(ProxyError::ConnectFailed))
+        }
         Ok(Err(SendError::Failed(e))) => {
             tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error_chain(&e), "upstream error");
             (CallResult::Reset, Err(ProxyError::UpstreamError))
@@ -522,7 +549,7 @@ async fn send(
     };
     drop(in_flight);
     let elapsed = started.elapsed();
-    (Call { result, elapsed }, response)
+    (Call { result, elapsed }, response, unread)
 }
 
 /// Counts an attempt in the endpoint's load estimate and metrics.
