@@ -71,12 +71,16 @@ impl LiveUpstream {
     /// Builds the live upstream from its config.
     /// Builds the upstream, reusing `breaker` (carried over a reload) when given, and starts its
     /// health checks. Needs a tokio runtime.
+    /// `previous` is the upstream of the same name before a reload: its endpoints' latency
+    /// estimates carry over by address, and an added endpoint starts at the median of the
+    /// pool's estimates, neither shunned nor flooded.
     pub fn start(
         config: &Upstream,
         metrics: &Metrics,
         breaker: Option<Arc<BreakerCell>>,
+        previous: Option<&LiveUpstream>,
     ) -> Result<Arc<Self>, ClientError> {
-        let live = Arc::new(Self::build(config, metrics, breaker)?);
+        let live = Arc::new(Self::build(config, metrics, breaker, previous)?);
         if let Some(check) = &config.health_check {
             let _ = live.health.set(super::health::start(&live, check, metrics));
         }
@@ -87,7 +91,18 @@ impl LiveUpstream {
         config: &Upstream,
         metrics: &Metrics,
         breaker: Option<Arc<BreakerCell>>,
+        previous: Option<&LiveUpstream>,
     ) -> Result<Self, ClientError> {
+        let now = tokio::time::Instant::now();
+        let starting_estimate = |address: &str| {
+            let previous = previous?;
+            Some(
+                match previous.endpoints.iter().find(|e| e.address == address) {
+                    Some(same) => same.load.ewma_at(now),
+                    None => super::load::median(previous.endpoints.iter().map(|e| &e.load), now),
+                },
+            )
+        };
         let endpoints = config
             .endpoints
             .iter()
@@ -99,7 +114,12 @@ impl LiveUpstream {
                     .expect("validated host:port is a valid authority"),
                 metrics: EndpointMetrics::new(metrics, &config.name, &e.address),
                 healthy: std::sync::atomic::AtomicBool::new(true),
-                load: super::load::EndpointLoad::new(e.weight),
+                load: match starting_estimate(&e.address) {
+                    Some(estimate) => {
+                        super::load::EndpointLoad::starting_at(e.weight, estimate, now)
+                    }
+                    None => super::load::EndpointLoad::new(e.weight),
+                },
             })
             .collect();
         Ok(Self {
@@ -127,5 +147,54 @@ impl LiveUpstream {
             }),
             bulkhead: Bulkhead::new(&config.name, config.max_concurrent_requests, metrics),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn upstream(addresses: &[&str]) -> Upstream {
+        let endpoints: String = addresses
+            .iter()
+            .map(|a| format!("      - address: {a}\n"))
+            .collect();
+        let yaml = format!(
+            "upstreams:\n  svc:\n    endpoints:\n{endpoints}routes:\n  - name: r\n    upstream: svc\n"
+        );
+        crate::config::load_str(&yaml).unwrap().upstreams.remove(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_estimates_and_starts_added_endpoints_at_the_median() {
+        let metrics = Metrics::new();
+        let before =
+            LiveUpstream::start(&upstream(&["a:1", "b:1", "c:1"]), &metrics, None, None).unwrap();
+        let now = tokio::time::Instant::now();
+        for (e, ms) in [(0, 10), (1, 20), (2, 400)] {
+            before.endpoints[e]
+                .load
+                .reset(Duration::from_millis(ms), now);
+        }
+        let after = LiveUpstream::start(
+            &upstream(&["a:1", "c:1", "d:1"]),
+            &metrics,
+            None,
+            Some(&before),
+        )
+        .unwrap();
+        let ms = |e: usize| after.endpoints[e].load.ewma_at(now).as_secs_f64() * 1000.0;
+        assert!((ms(0) - 10.0).abs() < 0.5, "a kept its estimate: {}", ms(0));
+        assert!(
+            (ms(1) - 400.0).abs() < 1.0,
+            "c kept its estimate: {}",
+            ms(1)
+        );
+        assert!(
+            (ms(2) - 20.0).abs() < 0.5,
+            "d started at the median: {}",
+            ms(2)
+        );
     }
 }

@@ -76,7 +76,7 @@ impl Snapshot {
                         let breaker = before
                             .and_then(|b| b.breaker.clone())
                             .filter(|b| u.circuit_breaker.as_ref() == Some(b.config()));
-                        LiveUpstream::start(u, metrics, breaker)
+                        LiveUpstream::start(u, metrics, breaker, before.map(|b| &**b))
                     }
                 }
             })
