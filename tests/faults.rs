@@ -378,3 +378,47 @@ async fn one_host_and_only_chunked() {
     assert_eq!(read_status(&mut s).await, Some(200));
     assert_eq!(backend.last_headers()["host"], "a.example");
 }
+
+/// The upstream resets after reading only the head of a large POST: the 502 tells the client
+/// not to reuse the connection (its unsent body is still in flight), and a well-behaved client
+/// that follows `Connection: close` then gets served on a new connection.
+#[tokio::test]
+async fn an_upstream_reset_mid_body_closes_the_client_connection_cleanly() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                // Reset without reading the body.
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                drop(s);
+            });
+        }
+    });
+    let yaml = format!(
+        "upstreams:\n  svc:\n    endpoints: [{{ address: \"{upstream}\" }}]\nroutes:\n  - name: pay\n    upstream: svc\n"
+    );
+    let app = proxy(&yaml).await;
+    let mut s = TcpStream::connect(app.proxy_addr()).await.unwrap();
+    let body = vec![b'x'; 4 << 20];
+    let head = format!(
+        "POST /pay HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        let _ = s.write_all(&body).await;
+        s
+    });
+    let mut s = writer.await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 502"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+}
