@@ -1,6 +1,6 @@
 //! The live side of the SLOs: count each request's event and keep the budget gauges fresh.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{Gauge, IntCounter};
@@ -26,7 +26,7 @@ pub struct LiveSlo {
     /// Its config.
     pub config: SloConfig,
     events: [IntCounter; 2],
-    ring: Mutex<EventRing>,
+    ring: EventRing,
     budget: Gauge,
     burn: Vec<Gauge>,
 }
@@ -34,14 +34,11 @@ pub struct LiveSlo {
 impl LiveSlo {
     fn record(&self, good: bool, now: Instant) {
         self.events[usize::from(!good)].inc();
-        self.ring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(good, now);
+        self.ring.record(good, now);
     }
 
     fn refresh(&self, now: Instant) {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = &self.ring;
         self.budget
             .set(ring.budget_remaining(self.config.objective, now));
         for (gauge, (_, span)) in self.burn.iter().zip(BURN_WINDOWS) {
@@ -51,7 +48,7 @@ impl LiveSlo {
 
     /// Budget left and burn rates now, for the admin API.
     pub fn describe(&self, now: Instant) -> serde_json::Value {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = &self.ring;
         let burn: serde_json::Map<String, serde_json::Value> = BURN_WINDOWS
             .iter()
             .map(|(name, span)| {
@@ -109,7 +106,7 @@ impl Slos {
                 Arc::new(LiveSlo {
                     config: c.clone(),
                     events,
-                    ring: Mutex::new(EventRing::new(c.window, now)),
+                    ring: EventRing::new(c.window, &BURN_WINDOWS.map(|(_, span)| span), now),
                     budget,
                     burn,
                 })
