@@ -248,7 +248,7 @@ impl Proxy {
             Source::Once(Some(body))
         };
         if let Some(budget) = &snapshot.route_budgets[route_index] {
-            lock(budget).deposit(started);
+            budget.deposit(started);
         }
 
         let deadline = started + route.timeout;
@@ -439,7 +439,7 @@ impl Proxy {
             return Err(Some("not_retried_body_too_large"));
         }
         let budget = snapshot.route_budgets[route_index].as_ref().ok_or(None)?;
-        if !lock(budget).withdraw(Instant::now()) {
+        if !budget.withdraw(Instant::now()) {
             snapshot.metrics.budget_exhausted(&route.name);
             return Err(Some("retry_budget_exhausted"));
         }
@@ -619,10 +619,6 @@ fn retry_after(response: &Response<ProxyBody>) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(secs))
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Service<Request<Incoming>> for Proxy {

@@ -12,7 +12,7 @@
 
 pub mod reload;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
@@ -46,7 +46,7 @@ pub struct Snapshot {
     /// SLO counters and budgets.
     pub slos: Slos,
     /// Retry budgets, in the order of `config.routes` (`None` without a retry policy).
-    pub route_budgets: Vec<Option<Arc<Mutex<RetryBudget>>>>,
+    pub route_budgets: Vec<Option<Arc<RetryBudget>>>,
     /// The metrics, for the rare paths (retries, failover) that count by label.
     pub metrics: Metrics,
     /// Metric handles for requests no route took.
@@ -123,11 +123,11 @@ impl Snapshot {
                 });
                 Some(carried.unwrap_or_else(|| {
                     let now = tokio::time::Instant::now();
-                    Arc::new(Mutex::new(RetryBudget::new(
+                    Arc::new(RetryBudget::new(
                         p.budget_ratio,
                         p.budget_min_per_second,
                         now,
-                    )))
+                    ))
                 }))
             })
             .collect();
