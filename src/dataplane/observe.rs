@@ -110,7 +110,7 @@ where
                     status,
                     duration_ms = elapsed.as_secs_f64() * 1000.0,
                     attempts = outcome.as_ref().map_or(0, |o| o.attempts),
-                    reason = outcome.as_ref().and_then(|o| o.reason).unwrap_or(""),
+                    reason = outcome.as_ref().and_then(|o| o.reason).map_or("", |r| r.reason()),
                     note = outcome.as_ref().and_then(|o| o.note).unwrap_or(""),
                     "request"
                 );

@@ -23,7 +23,7 @@ pub struct Outcome {
     /// Attempts sent upstream.
     pub attempts: u32,
     /// Why backstop answered itself, if it did.
-    pub reason: Option<&'static str>,
+    pub reason: Option<super::rescue::ProxyError>,
     /// Why a retry was not made, for the access log (e.g. `retry_budget_exhausted`).
     pub note: Option<&'static str>,
 }

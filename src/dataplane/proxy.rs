@@ -641,7 +641,7 @@ fn finish(
     mut outcome: Outcome,
     error: Option<ProxyError>,
 ) -> Response<ProxyBody> {
-    outcome.reason = error.map(ProxyError::reason);
+    outcome.reason = error;
     response.extensions_mut().insert(outcome);
     response
 }

@@ -143,7 +143,13 @@ impl Slos {
     }
 
     /// Counts one answered request on `route`.
-    pub fn record(&self, route: usize, status: u16, reason: Option<&str>, elapsed: Duration) {
+    pub fn record(
+        &self,
+        route: usize,
+        status: u16,
+        reason: Option<crate::dataplane::rescue::ProxyError>,
+        elapsed: Duration,
+    ) {
         let Some(list) = self.by_route.get(route) else {
             return;
         };

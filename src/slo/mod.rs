@@ -18,6 +18,8 @@ pub mod rules;
 
 use std::time::Duration;
 
+use crate::dataplane::rescue::ProxyError;
+
 /// What makes an event good.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sli {
@@ -46,12 +48,21 @@ pub struct SloConfig {
 }
 
 /// Whether an answer is a good event for `sli`; `None` when it does not count at all.
-pub fn classify(sli: Sli, status: u16, reason: Option<&str>, elapsed: Duration) -> Option<bool> {
+/// `reason` is why backstop answered itself, if it did: an enum, so that renaming a reason's
+/// public string cannot silently change SLO accounting.
+pub fn classify(
+    sli: Sli,
+    status: u16,
+    reason: Option<ProxyError>,
+    elapsed: Duration,
+) -> Option<bool> {
     // The client's own fault (a broken or stalled body, a client that left) says nothing
     // about the service: it is neither a good nor a bad event.
     if matches!(
         reason,
-        Some("client_body_error" | "client_body_timeout" | "client_closed")
+        Some(
+            ProxyError::ClientBodyError | ProxyError::ClientBodyTimeout | ProxyError::ClientClosed
+        )
     ) {
         return None;
     }
@@ -59,7 +70,7 @@ pub fn classify(sli: Sli, status: u16, reason: Option<&str>, elapsed: Duration) 
         Sli::Availability {
             exclude_rate_limited,
         } => {
-            if reason == Some("rate_limited") {
+            if matches!(reason, Some(ProxyError::RateLimited { .. })) {
                 return if exclude_rate_limited {
                     None
                 } else {
@@ -69,12 +80,13 @@ pub fn classify(sli: Sli, status: u16, reason: Option<&str>, elapsed: Duration) 
             let ours_failed = matches!(
                 reason,
                 Some(
-                    "upstream_connect_failed"
-                        | "upstream_timeout"
-                        | "upstream_error"
-                        | "circuit_open"
-                        | "circuit_half_open"
-                        | "upstream_overloaded"
+                    ProxyError::ConnectFailed
+                        | ProxyError::Timeout
+                        | ProxyError::UpstreamError
+                        | ProxyError::CircuitOpen { .. }
+                        | ProxyError::CircuitHalfOpen { .. }
+                        | ProxyError::Overloaded
+                        | ProxyError::TooManyStreams
                 )
             );
             Some(status < 500 && !ours_failed)
@@ -100,12 +112,42 @@ mod tests {
             "a client error is the client's"
         );
         assert_eq!(classify(sli, 503, None, ms), Some(false));
-        assert_eq!(classify(sli, 503, Some("circuit_open"), ms), Some(false));
-        assert_eq!(classify(sli, 429, Some("rate_limited"), ms), Some(false));
+        assert_eq!(
+            classify(
+                sli,
+                503,
+                Some(ProxyError::CircuitOpen {
+                    retry_after: Duration::ZERO
+                }),
+                ms
+            ),
+            Some(false)
+        );
+        assert_eq!(
+            classify(
+                sli,
+                429,
+                Some(ProxyError::RateLimited {
+                    retry_after: Duration::ZERO
+                }),
+                ms
+            ),
+            Some(false)
+        );
         let excluding = Sli::Availability {
             exclude_rate_limited: true,
         };
-        assert_eq!(classify(excluding, 429, Some("rate_limited"), ms), None);
+        assert_eq!(
+            classify(
+                excluding,
+                429,
+                Some(ProxyError::RateLimited {
+                    retry_after: Duration::ZERO
+                }),
+                ms
+            ),
+            None
+        );
         assert_eq!(
             classify(excluding, 429, None, ms),
             Some(true),
