@@ -413,3 +413,27 @@ fn upgrade_accepts_only_websocket() {
     let config = backstop::config::load_str(&ok).expect("websocket is accepted");
     assert!(config.routes[0].upgrade.is_some());
 }
+
+#[tokio::test]
+async fn a_drain_closes_open_tunnels_at_once() {
+    let upstream = WsUpstream::start().await;
+    let yaml = format!(
+        "drain_timeout: 30s\n{}",
+        config(&upstream, "", "", "    upgrade: websocket\n")
+    );
+    let app = proxy(&yaml).await;
+    let mut client = Client::upgrade(&app, "/chat").await;
+    assert_eq!(client.status(), 101, "{}", client.head);
+    assert_eq!(client.read_exact(HELLO.len()).await, HELLO);
+    client.echo(b"before the drain").await;
+    // Within a fraction of drain_timeout: the tunnel does not hold the shutdown.
+    let report = tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+        .await
+        .expect("the drain waited on an open tunnel");
+    assert_eq!(report.cut, 0);
+    assert!(client.closed_within(WITHIN).await, "the tunnel survived");
+    eventually(WITHIN, || async {
+        upstream.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
