@@ -64,6 +64,7 @@ pub fn routes(snapshot: &Snapshot) -> Value {
                 "retry": r.retry.as_ref().map(|p| format!("{p:?}")),
                 "rate_limit": r.rate_limit.as_ref().map(|l| format!("{l:?}")),
                 "circuit_breaker": r.circuit_breaker.as_ref().map(|b| format!("{b:?}")),
+                "upgrade": r.upgrade.map(|_| "websocket"),
             })
         })
         .collect();

@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue, Method};
 
 use super::compile_policy;
 use super::error::ConfigIssue;
-use super::model::{Config, Endpoint, HostMatch, Route, Tls, Upstream};
+use super::model::{Config, Endpoint, HostMatch, Route, Tls, Upgrade, Upstream};
 use super::raw::{RawConfig, RawEndpoint, RawMatch, RawRoute, RawTls, RawUpstream};
 use super::validate::{self, duration_or, Issues};
 
@@ -502,7 +502,23 @@ fn route(
         rate_limit: raw.rate_limit.as_ref().and_then(|r| {
             compile_policy::rate_limit(issues, &format!("{path}.rate_limit"), r, has_redis)
         }),
+        upgrade: raw
+            .upgrade
+            .as_ref()
+            .and_then(|u| upgrade(issues, &format!("{path}.upgrade"), u)),
     })
+}
+
+/// `upgrade:` on a route: `websocket` is the only value.
+fn upgrade(issues: &mut Issues, path: &str, raw: &validate::Text) -> Option<Upgrade> {
+    match raw.value.trim() {
+        "websocket" => Some(Upgrade::Websocket),
+        other => {
+            let message = format!("unknown upgrade {other:?}: expected websocket");
+            issues.unknown(path, raw, other, message, &["websocket"]);
+            None
+        }
+    }
 }
 
 fn failover(

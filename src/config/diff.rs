@@ -164,5 +164,8 @@ fn route_fields(old: &Config, o: &Route, new: &Config, r: &Route) -> Vec<String>
     if o.circuit_breaker != r.circuit_breaker {
         f.push("circuit_breaker (its state starts over)".into());
     }
+    if o.upgrade != r.upgrade {
+        f.push(format!("upgrade {:?} -> {:?}", o.upgrade, r.upgrade));
+    }
     f
 }

@@ -260,6 +260,15 @@ pub struct Route {
     pub failover: Vec<usize>,
     /// Rate limit.
     pub rate_limit: Option<crate::policy::rate::RateLimitConfig>,
+    /// The connection upgrade this route tunnels; `None` refuses upgrade requests.
+    pub upgrade: Option<Upgrade>,
+}
+
+/// A protocol a route lets a connection switch to (HTTP/1.1 `Upgrade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    /// `Upgrade: websocket` (RFC 6455).
+    Websocket,
 }
 
 /// How a route matches the request's host.

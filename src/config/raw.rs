@@ -389,6 +389,10 @@ pub struct RawRoute {
     /// Rate limit.
     #[schemars(with = "Option<RawRateLimit>")]
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    /// Connection upgrades passed through to the upstream: `websocket`. Without it an
+    /// upgrade request is refused with 400 `upgrade_not_allowed`.
+    #[schemars(with = "Option<String>")]
+    pub upgrade: Option<Text>,
 }
 
 /// `retry:`

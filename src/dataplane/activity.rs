@@ -13,6 +13,10 @@
 //! [`Tracked`] service counts requests in and out (a response counts until its body has been
 //! sent), and [`RequestGuard`] counts requests the client cancelled before an answer (an HTTP/2
 //! reset), which past a bound earn the connection a GOAWAY.
+//!
+//! A response that switches protocols (101) carries an [`Tunnel`]; [`Tracked`] parks
+//! it here for the connection's task, which runs it after the HTTP connection handed over its
+//! socket. None of the deadlines above apply to a tunnel (see [`super::upgrade`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,6 +38,7 @@ use tower::Service;
 
 use super::body::ProxyBody;
 use super::rescue::ProxyError;
+use super::upgrade::Tunnel;
 
 /// Cancelled requests a connection may have before a GOAWAY, if they are also at least half
 /// of its requests (Envoy's premature-reset rule, CVE-2023-44487).
@@ -98,6 +103,8 @@ pub struct Activity {
     pub went_idle: Notify,
     listener: Arc<ListenerLoad>,
     max_streams: usize,
+    /// The tunnel this connection becomes after a 101, if it answered one.
+    tunnel: std::sync::Mutex<Option<Tunnel>>,
 }
 
 /// Why a connection's deadline ended it.
@@ -134,7 +141,14 @@ impl Activity {
             went_idle: Notify::new(),
             listener,
             max_streams,
+            tunnel: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The tunnel a 101 answer on this connection left, to run once hyper lets go of the
+    /// socket.
+    pub fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     fn now(&self) -> u64 {
@@ -349,8 +363,12 @@ where
             )));
         }
         let fut = self.inner.call(req);
+        let activity = self.activity.clone();
         Box::pin(async move {
-            let Ok(response) = fut.await;
+            let Ok(mut response) = fut.await;
+            if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
+                *activity.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+            }
             guard.answered = true;
             Ok(response.map(|body| TrackedBody { body, guard }))
         })

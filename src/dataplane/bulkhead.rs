@@ -2,7 +2,8 @@
 //!
 //! When a partner slows down, requests pile up on it and hold connections, memory and the
 //! caller's threads. Past `max_concurrent_requests` backstop answers 503 `upstream_overloaded`
-//! at once instead. A request counts from admission until its response headers arrive.
+//! at once instead. A request counts from admission until its response headers arrive; a
+//! WebSocket tunnel until it closes (its slot lives in the tunnel).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -7,6 +7,10 @@
 //! that a watchdog applies [`Activity::deadline`] (first request, idle keep-alive, slow next
 //! head) and turns a flood of cancelled HTTP/2 streams into a GOAWAY. Deadlines close the
 //! connection gracefully (HTTP/2 GOAWAY), and for good after a short grace.
+//!
+//! An HTTP/1.1 connection that switched protocols (a WebSocket 101) ends as an HTTP connection
+//! there; its task then runs the tunnel (see [`super::upgrade`]), which has its own idle timeout and
+//! ends at drain, so no HTTP deadline cuts it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +27,7 @@ use tokio::time::Instant;
 
 use super::activity::{Activity, ClientIo, Expired, ListenerLoad, Tracked};
 use super::stack;
+use super::upgrade::End;
 use crate::config::ServerLimits;
 use crate::metrics::Metrics;
 use crate::runtime::SnapshotHandle;
@@ -131,7 +136,16 @@ pub async fn serve(
             .max_buf_size(limits.max_request_headers_bytes.max(8192))
             .keep_alive(true);
         let conn = builder.serve_connection(io, service).with_upgrades();
-        watch_over(conn, |c| c.graceful_shutdown(), &activity, &limits, drain).await
+        let tunnel_drain = drain.clone();
+        let closed = watch_over(conn, |c| c.graceful_shutdown(), &activity, &limits, drain).await;
+        match activity.take_tunnel() {
+            None => closed,
+            Some(tunnel) => match tunnel.run(tunnel_drain).await {
+                End::Closed | End::Drained => Closed::Normal,
+                End::Idle => Closed::Deadline(Expired::IdleTimeout),
+                End::Error => Closed::Error,
+            },
+        }
     }
 }
 

@@ -32,4 +32,5 @@ pub mod settle;
 pub mod stack;
 pub mod target;
 pub mod tasks;
+pub mod upgrade;
 pub mod upstream;

@@ -17,6 +17,10 @@
 //!
 //! At most `max_idle_connections` idle connections are kept per endpoint (newest reused
 //! first, so surplus ones age out).
+//!
+//! An HTTP/1.1 upgrade ([`Via::Upgrade`]) goes out on a new connection driven with hyper's
+//! upgrade support: after a 101 its socket belongs to the tunnel (`hyper::upgrade::on`), and
+//! it never returns to the pool, whatever the answer.
 
 use std::io;
 use std::net::SocketAddr;
@@ -56,6 +60,17 @@ pub enum SendError {
     /// The connection failed after the request may have been written.
     #[error("{0}")]
     Failed(hyper::Error),
+}
+
+/// Which connection a request goes out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A usable idle connection if there is one, else a new one.
+    Pooled,
+    /// A new connection, pooled after its response like any other.
+    Fresh,
+    /// A new connection that can switch protocols (HTTP/1.1 `Upgrade`); never pooled.
+    Upgrade,
 }
 
 /// Errors of a response body read through the pool.
@@ -204,18 +219,33 @@ impl Pool {
     pub async fn send(
         &self,
         endpoint: usize,
-        mut request: Request<RequestBody>,
+        request: Request<RequestBody>,
         fresh: bool,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let via = if fresh { Via::Fresh } else { Via::Pooled };
+        self.send_via(endpoint, request, via).await
+    }
+
+    /// [`Pool::send`] on the connection `via` says. With [`Via::Upgrade`], a 101 answer
+    /// carries the upgrade in its extensions (`hyper::upgrade::on(&mut response)`).
+    pub async fn send_via(
+        &self,
+        endpoint: usize,
+        mut request: Request<RequestBody>,
+        via: Via,
     ) -> Result<Response<PooledBody>, SendError> {
         let target = self
             .targets
             .get(endpoint)
             .ok_or_else(|| SendError::Connect(format!("no endpoint {endpoint}")))?;
         loop {
-            let idle = if fresh { None } else { self.checkout(target) };
+            let idle = match via {
+                Via::Pooled => self.checkout(target),
+                Via::Fresh | Via::Upgrade => None,
+            };
             let (mut conn, reused) = match idle {
                 Some(idle) => (idle, true),
-                None => (self.connect(target).await?, false),
+                None => (self.connect(target, via == Via::Upgrade).await?, false),
             };
             let read_before = conn.io.read.load(Ordering::Acquire);
             conn.io.check_before_write.store(reused, Ordering::Release);
@@ -223,7 +253,11 @@ impl Pool {
                 Ok(response) => {
                     conn.io.check_before_write.store(false, Ordering::Release);
                     let returner = Returner {
-                        target: Arc::downgrade(target),
+                        // An upgrade connection has nowhere to return to.
+                        target: match via {
+                            Via::Upgrade => Weak::new(),
+                            Via::Pooled | Via::Fresh => Arc::downgrade(target),
+                        },
                         conn: Some(conn),
                         max_idle: self.settings.max_idle,
                     };
@@ -281,7 +315,9 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, target: &Target) -> Result<Conn, SendError> {
+    /// A new connection to `target`; with `upgrades`, its hyper connection can hand its socket
+    /// over after a 101.
+    async fn connect(&self, target: &Target, upgrades: bool) -> Result<Conn, SendError> {
         let connect = async {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((target.host.as_str(), target.port))
@@ -320,7 +356,7 @@ impl Pool {
                     .handshake(TokioIo::new(io))
                     .await
                     .map_err(|e| SendError::Connect(e.to_string()))?;
-                tokio::spawn(conn);
+                drive(conn, upgrades);
                 sender
             }
             Some(tls) => {
@@ -337,11 +373,23 @@ impl Pool {
                     .handshake(TokioIo::new(stream))
                     .await
                     .map_err(|e| SendError::Connect(e.to_string()))?;
-                tokio::spawn(conn);
+                drive(conn, upgrades);
                 sender
             }
         };
         Ok(Conn { sender, io: state })
+    }
+}
+
+/// Runs a client connection in its own task, able to hand its socket to an upgrade if asked.
+fn drive<T>(conn: http1::Connection<T, RequestBody>, upgrades: bool)
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if upgrades {
+        tokio::spawn(conn.with_upgrades());
+    } else {
+        tokio::spawn(conn);
     }
 }
 

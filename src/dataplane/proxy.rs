@@ -7,6 +7,9 @@
 //! still refuse it. The service never fails (`Error = Infallible`): every failure becomes a
 //! response through [`ProxyError::to_response`], and the [`Outcome`] it attaches tells the
 //! outer layers what happened.
+//!
+//! A WebSocket upgrade is refused on routes without `upgrade: websocket`; on the others it is
+//! sent once by [`Proxy::deliver_upgrade`], and a 101 becomes a tunnel (see [`upgrade`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Service;
@@ -29,7 +32,7 @@ use super::client_body::{BodyFault, BodyWatch, ClientBody};
 use super::forward;
 use super::outcome::Outcome;
 use super::path;
-use super::pool::SendError;
+use super::pool::{SendError, Via};
 use super::ratelimit::Decision;
 use super::replay::ReplayBody;
 use super::request_body::RequestBody;
@@ -38,6 +41,7 @@ use super::rescue::ProxyError;
 use super::router;
 use super::settle;
 use super::target::{self, Target};
+use super::upgrade;
 use super::upstream::LiveUpstream;
 use crate::metrics::AttemptResult;
 use crate::policy::classify::{Call, CallResult};
@@ -157,6 +161,11 @@ impl Proxy {
             let response = self.fail(&snapshot, route_index, route.upstream, error, outcome);
             return self.answer_early(response, req, &snapshot).await;
         }
+        if route.upgrade.is_none() && upgrade::requested(&req) {
+            let error = ProxyError::UpgradeNotAllowed;
+            let response = self.fail(&snapshot, route_index, route.upstream, error, outcome);
+            return self.answer_early(response, req, &snapshot).await;
+        }
         let Some(limiter) = &snapshot.route_limiters[route_index] else {
             return self
                 .deliver(req, &snapshot, route_index, outcome, started)
@@ -210,6 +219,11 @@ impl Proxy {
         started: Instant,
     ) -> Response<ProxyBody> {
         let route = &snapshot.config.routes[route_index];
+        if route.upgrade.is_some() && upgrade::requested(&req) {
+            return self
+                .deliver_upgrade(req, snapshot, route_index, outcome, started)
+                .await;
+        }
         let policy = route.retry.as_ref();
         let limits = &snapshot.config.server;
 
@@ -311,7 +325,7 @@ impl Proxy {
             };
             let sent_at = Instant::now();
             let (mut call, mut response, unread) =
-                send(upstream, endpoint_index, request, per_try, false).await;
+                send(upstream, endpoint_index, request, per_try, Via::Pooled).await;
             if unread && source.can_replay() {
                 // The upstream closed a reused connection without reading the request: send
                 // it again on a new connection. Not a retry: the first copy never arrived.
@@ -320,7 +334,8 @@ impl Proxy {
                 });
                 if let Some(request) = again {
                     let left = per_try.saturating_sub(sent_at.elapsed());
-                    (call, response, _) = send(upstream, endpoint_index, request, left, true).await;
+                    (call, response, _) =
+                        send(upstream, endpoint_index, request, left, Via::Fresh).await;
                 }
             }
             if let Some(fault) = client_fault(&watch, call) {
@@ -337,7 +352,7 @@ impl Proxy {
             }
             let priority = upstream.config.endpoints[endpoint_index].priority;
             account(upstream, endpoint_index, call);
-            record(snapshot, target, call);
+            drop(record(snapshot, target, call));
             if kind.non_idempotent_method() && !retry::never_sent(call.result) {
                 trail.pin.get_or_insert(target::Pin {
                     upstream: upstream_index,
@@ -384,6 +399,93 @@ impl Proxy {
             let response = self.mark_unknown(snapshot, route_index, kind, &trail, response);
             return settle::keep_alive_safe(response, source.remainder(), &watch, http1).await;
         }
+    }
+
+    /// A WebSocket upgrade on a route that allows it: one attempt, no retry, on a new upstream
+    /// connection. A 101 answer carries the [`upgrade::Tunnel`] that will hold the bulkhead
+    /// slot; any other answer goes back as it is.
+    async fn deliver_upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        snapshot: &Arc<Snapshot>,
+        route_index: usize,
+        mut outcome: Outcome,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let route = &snapshot.config.routes[route_index];
+        let on_client = hyper::upgrade::on(&mut req);
+        let protocol = req.headers().get(header::UPGRADE).cloned();
+        let (mut parts, body) = req.into_parts();
+        self.prepare_headers(&mut parts);
+        if let Some(protocol) = protocol {
+            upgrade::keep_upgrade_headers(&mut parts.headers, protocol);
+        }
+        let (body, watch) = ClientBody::new(body, snapshot.config.server.client_body_timeout);
+        let target = match target::choose(snapshot, route_index, &[], None, Instant::now()) {
+            Ok(target) => target,
+            Err(error) => {
+                let response = self.fail(snapshot, route_index, route.upstream, error, outcome);
+                let rest = settle::Remainder::Client(body);
+                return settle::keep_alive_safe(response, rest, &watch, true).await;
+            }
+        };
+        let (upstream_index, endpoint_index) = (target.upstream, target.endpoint);
+        outcome.upstream = Some(upstream_index);
+        outcome.endpoint = Some(endpoint_index);
+        outcome.attempts = 1;
+        let upstream = &snapshot.upstreams[upstream_index];
+        let body = RequestBody::Direct { body };
+        let Some(request) = upstream_request(parts, body, upstream, endpoint_index) else {
+            let error = ProxyError::BadRequest;
+            return self.fail(snapshot, route_index, upstream_index, error, outcome);
+        };
+        let timeout = (started + route.timeout).saturating_duration_since(Instant::now());
+        let (call, response, _) =
+            send(upstream, endpoint_index, request, timeout, Via::Upgrade).await;
+        if let Some(fault) = client_fault(&watch, call) {
+            drop(target);
+            let mut response = self.fail(snapshot, route_index, upstream_index, fault, outcome);
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        account(upstream, endpoint_index, call);
+        let slot = record(snapshot, target, call);
+        let response = match response {
+            Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => response,
+            Ok(response) => {
+                drop(slot);
+                let response = finish(response, outcome, None);
+                let rest = settle::Remainder::Gone;
+                return settle::keep_alive_safe(response, rest, &watch, true).await;
+            }
+            Err(error) => {
+                drop(slot);
+                let response = self.fail(snapshot, route_index, upstream_index, error, outcome);
+                let rest = settle::Remainder::Gone;
+                return settle::keep_alive_safe(response, rest, &watch, true).await;
+            }
+        };
+        if !response.headers().contains_key(header::UPGRADE) {
+            // A 101 must name the protocol it switched to (RFC 9110 section 15.2.2).
+            tracing::debug!(upstream = %upstream.name, "101 without an Upgrade header");
+            let error = ProxyError::UpstreamError;
+            let mut response = self.fail(snapshot, route_index, upstream_index, error, outcome);
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        let mut response = response;
+        let on_upstream = hyper::upgrade::on(&mut response);
+        let (parts, upstream_body) = response.into_parts();
+        let mut response = Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new()));
+        let idle_timeout = upstream.config.read_timeout;
+        let tunnel =
+            upgrade::Tunnel::new(on_client, on_upstream, idle_timeout, (slot, upstream_body));
+        response.extensions_mut().insert(tunnel);
+        finish(response, outcome, None)
     }
 
     /// A failed answer to a non-idempotent request that any attempt may have delivered says
@@ -510,22 +612,30 @@ fn upstream_request(
 
 /// Sends one attempt and classifies how it ended; the flag says the upstream provably did
 /// not read the request (see [`SendError::NotProcessed`]). [`account`] then counts it,
-/// unless the client was at fault.
+/// unless the client was at fault. A 101 to an upgrade keeps its `Upgrade` header.
 async fn send(
     upstream: &LiveUpstream,
     endpoint_index: usize,
     request: Request<RequestBody>,
     timeout: Duration,
-    fresh: bool,
+    via: Via,
 ) -> (Call, Result<Response<ProxyBody>, ProxyError>, bool) {
     let endpoint = &upstream.endpoints[endpoint_index];
     let started = Instant::now();
     let in_flight = endpoint.load.start();
-    let sent = upstream.client.send(endpoint_index, request, fresh);
+    let sent = upstream.client.send_via(endpoint_index, request, via);
     let mut unread = false;
     let (result, response) = match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(mut response)) => {
+            let switched =
+                via == Via::Upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let protocol = switched
+                .then(|| response.headers().get(header::UPGRADE).cloned())
+                .flatten();
             forward::strip_hop_by_hop(response.headers_mut());
+            if let Some(protocol) = protocol {
+                upgrade::keep_upgrade_headers(response.headers_mut(), protocol);
+            }
             let status = response.status().as_u16();
             (
                 CallResult::Status(status),
@@ -588,8 +698,9 @@ fn client_fault(watch: &BodyWatch, call: Call) -> Option<ProxyError> {
     })
 }
 
-/// Feeds an attempt's outcome to the breaker and outlier detection; frees the bulkhead slot.
-fn record(snapshot: &Snapshot, target: Target, call: Call) {
+/// Feeds an attempt's outcome to the breaker and outlier detection; hands back the bulkhead
+/// slot, for the caller to free (or to keep for a tunnel).
+fn record(snapshot: &Snapshot, target: Target, call: Call) -> super::bulkhead::Slot {
     let now = Instant::now();
     let upstream = &snapshot.upstreams[target.upstream];
     let failure_set = target.permit.as_ref().map(|p| p.failure_on().clone());
@@ -605,7 +716,7 @@ fn record(snapshot: &Snapshot, target: Target, call: Call) {
         let failure = failure_set.unwrap_or_default().is_failure(call.result);
         ejection.record(target.endpoint, failure, now);
     }
-    drop(target.slot);
+    target.slot
 }
 
 /// The upstream's Retry-After in seconds, if it sent one.

@@ -75,6 +75,9 @@ pub enum ProxyError {
     /// A `Transfer-Encoding` other than `chunked`.
     #[error("this transfer-encoding is not supported")]
     UnsupportedTransferEncoding,
+    /// A WebSocket upgrade on a route without `upgrade: websocket`.
+    #[error("this route does not allow connection upgrades (WebSocket)")]
+    UpgradeNotAllowed,
 }
 
 impl ProxyError {
@@ -98,6 +101,7 @@ impl ProxyError {
             ProxyError::BadHost => "bad_host",
             ProxyError::BadPath => "bad_path",
             ProxyError::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
+            ProxyError::UpgradeNotAllowed => "upgrade_not_allowed",
         }
     }
 
@@ -111,7 +115,8 @@ impl ProxyError {
             | ProxyError::RateLimitKeyMissing
             | ProxyError::ClientBodyError
             | ProxyError::BadHost
-            | ProxyError::BadPath => StatusCode::BAD_REQUEST,
+            | ProxyError::BadPath
+            | ProxyError::UpgradeNotAllowed => StatusCode::BAD_REQUEST,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientClosed => {
                 StatusCode::from_u16(499).expect("499 is a valid status code")

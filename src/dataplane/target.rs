@@ -25,7 +25,8 @@ pub struct Target {
     pub endpoint: usize,
     /// The breaker's permit, when the upstream has a breaker.
     pub permit: Option<Permit>,
-    /// The bulkhead slot; held until the response headers arrive.
+    /// The bulkhead slot; held until the response headers arrive (by a WebSocket tunnel, until
+    /// it closes).
     pub slot: Slot,
 }
 
