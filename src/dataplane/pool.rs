@@ -3,10 +3,12 @@
 //!
 //! Why not hyper-util's pooled client: retries need to know exactly whether a request was
 //! written, and a pool must never hand out a connection the upstream already closed. Here:
-//! - An idle connection is checked before reuse: closed by hyper, not ready, idle longer than
-//!   `idle_timeout`, or readable (EOF or stray bytes: the upstream half-closed it, or a TLS
-//!   close_notify arrived) means it is dropped and the next one is tried. The check peeks at
-//!   the socket without consuming anything.
+//! - An idle connection is checked before reuse: closed by hyper, not ready, or idle longer
+//!   than `idle_timeout` means it is dropped and the next one is tried. Then, right before the
+//!   request's first byte is written, the socket is peeked at (nothing consumed): an EOF or
+//!   stray bytes (the upstream half-closed it, or a TLS close_notify arrived) and nothing is
+//!   written: the request fails as [`SendError::NotProcessed`] and the proxy sends it again on
+//!   a new connection. One peek per reuse, as late as possible.
 //! - A request that hyper hands back unsent (the connection turned out closed before a byte
 //!   of it was written) is sent again on another connection: it was provably never delivered,
 //!   whatever its method.
@@ -303,7 +305,6 @@ impl Pool {
             if now.duration_since(conn.since) >= self.settings.idle_timeout
                 || conn.sender.is_closed()
                 || !conn.sender.is_ready()
-                || !quiet(&conn.io.socket)
             {
                 continue;
             }
