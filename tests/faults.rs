@@ -321,20 +321,20 @@ async fn replay_buffers_are_bounded_across_requests() {
     );
     let app = proxy(&yaml).await;
     // The first upload holds 80 000 bytes of budget while its body trickles in.
-    let mut slow = raw_post(app.proxy_addr(), "content-length: 1000\r\n", b"start").await;
+    let mut slow = raw_post(app.proxy_addr(), "content-length: 90000\r\n", b"start").await;
     eventually(Duration::from_secs(5), || async { backend.hits() == 1 }).await;
     // A second PUT fits no buffer: sent once, its 503 not retried.
     let put = Request::put(format!("http://{}/pay", app.proxy_addr()))
-        .body(Full::new(Bytes::from(vec![b'y'; 1000])))
+        .body(Full::new(Bytes::from(vec![b'y'; 30_000])))
         .unwrap();
     let answer = send(put).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(backend.hits(), 2, "the unbuffered request was not retried");
-    slow.write_all(&vec![b'z'; 995]).await.unwrap();
+    slow.write_all(&vec![b'z'; 89_995]).await.unwrap();
     let _ = read_status(&mut slow).await;
     // With the budget free again, a request is buffered and retried.
     let put = Request::put(format!("http://{}/pay", app.proxy_addr()))
-        .body(Full::new(Bytes::from(vec![b'y'; 1000])))
+        .body(Full::new(Bytes::from(vec![b'y'; 30_000])))
         .unwrap();
     let before = backend.hits();
     send(put).await;

@@ -247,8 +247,11 @@ impl Proxy {
         let mut source = if replayable && watch.ended() {
             Source::Empty
         } else if replayable {
-            let limit = policy.map_or(65536, |p| p.max_buffered_body);
-            match self.load.reserve_buffer(limit, limits.max_buffered_bytes) {
+            let limit = policy.map_or(settle::DRAIN_LIMIT, |p| p.max_buffered_body);
+            // A body of known length holds only what it can fill.
+            let known = http_body::Body::size_hint(&body).exact();
+            let reserve = known.map_or(limit, |n| usize::try_from(n).unwrap_or(limit).min(limit));
+            match self.load.reserve_buffer(reserve, limits.max_buffered_bytes) {
                 Some(reservation) => {
                     _reserved = Some(reservation);
                     Source::Replay(ReplayBody::new(body, limit))
