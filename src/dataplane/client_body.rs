@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+
+use super::stall::Stall;
 
 /// How the client's body failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,9 +108,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         watch: Arc<BodyWatch>,
-        timeout: Duration,
-        stall: Option<Pin<Box<Sleep>>>,
-        rearm: bool,
+        stall: Stall,
     }
 }
 
@@ -123,9 +122,7 @@ impl ClientBody {
         let body = Self {
             inner,
             watch: watch.clone(),
-            timeout,
-            stall: None,
-            rearm: true,
+            stall: Stall::new(timeout),
         };
         (body, watch)
     }
@@ -147,7 +144,7 @@ impl Body for ClientBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
-                *this.rearm = true;
+                this.stall.progressed();
                 this.watch.waiting.store(false, Ordering::Release);
                 if this.inner.is_end_stream() {
                     this.watch.ended.store(true, Ordering::Release);
@@ -166,14 +163,7 @@ impl Body for ClientBody {
             }
             Poll::Pending => {
                 this.watch.waiting.store(true, Ordering::Release);
-                let deadline = Instant::now() + *this.timeout;
-                let stall = this
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if std::mem::take(this.rearm) {
-                    stall.as_mut().reset(deadline);
-                }
-                ready!(std::future::Future::poll(stall.as_mut(), cx));
+                ready!(this.stall.poll_expired(cx));
                 this.watch.set_fault(BodyFault::Stalled);
                 Poll::Ready(Some(Err(ClientBodyError::Stalled)))
             }

@@ -30,6 +30,7 @@ pub mod router;
 pub mod server;
 pub mod settle;
 pub mod stack;
+pub mod stall;
 pub mod target;
 pub mod tasks;
 pub mod upgrade;

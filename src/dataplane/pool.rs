@@ -41,10 +41,11 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::request_body::RequestBody;
+use super::stall::Stall;
 
 /// How sending one request failed.
 #[derive(Debug, thiserror::Error)]
@@ -266,9 +267,7 @@ impl Pool {
                     return Ok(response.map(|body| PooledBody {
                         body,
                         returner,
-                        read_timeout: self.settings.read_timeout,
-                        stall: None,
-                        rearm: true,
+                        stall: Stall::new(self.settings.read_timeout),
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -463,9 +462,7 @@ pin_project_lite::pin_project! {
         #[pin]
         body: Incoming,
         returner: Returner,
-        read_timeout: Duration,
-        stall: Option<Pin<Box<Sleep>>>,
-        rearm: bool,
+        stall: Stall,
     }
 }
 
@@ -484,7 +481,7 @@ impl Body for PooledBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
-                *this.rearm = true;
+                this.stall.progressed();
                 // hyper may stop polling once the body says it ended: return the connection
                 // as soon as the last byte is in.
                 if this.body.is_end_stream() {
@@ -497,14 +494,7 @@ impl Body for PooledBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
-                let deadline = Instant::now() + *this.read_timeout;
-                let stall = this
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if std::mem::take(this.rearm) {
-                    stall.as_mut().reset(deadline);
-                }
-                ready!(stall.as_mut().poll(cx));
+                ready!(this.stall.poll_expired(cx));
                 this.returner.conn = None;
                 if let Some(target) = this.returner.target.upgrade() {
                     target.read_timeouts.inc();
@@ -522,8 +512,6 @@ impl Body for PooledBody {
         self.body.size_hint()
     }
 }
-
-use std::future::Future as _;
 
 /// A TCP stream shared between hyper (which reads and writes it) and the pool (which peeks at
 /// it before reuse and counts what was read).
