@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -101,10 +101,31 @@ pub struct Activity {
     pub go_away: Notify,
     /// Woken when the last request in flight finished, so the watchdog starts the idle clock.
     pub went_idle: Notify,
+    /// The watchdog's word to the connection task: see [`Verdict`].
+    pub close: Notify,
+    verdict: AtomicU8,
     listener: Arc<ListenerLoad>,
     max_streams: usize,
     /// The tunnel this connection becomes after a 101, if it answered one.
     tunnel: std::sync::Mutex<Option<Tunnel>>,
+}
+
+const CUT: u8 = 0x80;
+
+/// What the connection watchdog tells the connection task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Verdict {
+    /// Close gracefully: no complete request head in time.
+    HeaderTimeout = 1,
+    /// Close gracefully: idle for longer than `idle_timeout`.
+    IdleTimeout = 2,
+    /// Close gracefully (GOAWAY): too many cancelled streams.
+    PrematureResets = 3,
+    /// Close gracefully: the listener drains; requests in flight finish.
+    Drain = 4,
+    /// The grace after a close is over and nothing is in flight: drop the connection.
+    Cut = CUT,
 }
 
 /// Why a connection's deadline ended it.
@@ -139,6 +160,8 @@ impl Activity {
             premature_resets: AtomicU32::new(0),
             go_away: Notify::new(),
             went_idle: Notify::new(),
+            close: Notify::new(),
+            verdict: AtomicU8::new(0),
             listener,
             max_streams,
             tunnel: std::sync::Mutex::new(None),
@@ -197,6 +220,33 @@ impl Activity {
         } else {
             Ok(Some(deadline))
         }
+    }
+
+    /// Tells the connection task to act on `verdict`; the first verdict is kept, except that
+    /// [`Verdict::Cut`] always wins.
+    pub fn decide(&self, verdict: Verdict) {
+        let code = verdict as u8;
+        if verdict == Verdict::Cut {
+            self.verdict.fetch_or(CUT, Ordering::AcqRel);
+        } else {
+            let _ = self
+                .verdict
+                .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        }
+        self.close.notify_one();
+    }
+
+    /// The watchdog's verdict so far, and whether it says to cut the connection now.
+    pub fn verdict(&self) -> (Option<Verdict>, bool) {
+        let v = self.verdict.load(Ordering::Acquire);
+        let reason = match v & !CUT {
+            1 => Some(Verdict::HeaderTimeout),
+            2 => Some(Verdict::IdleTimeout),
+            3 => Some(Verdict::PrematureResets),
+            4 => Some(Verdict::Drain),
+            _ => None,
+        };
+        (reason, v & CUT != 0)
     }
 
     /// Requests being served on this connection.

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::activity::{Activity, ClientIo, Expired, ListenerLoad, Tracked};
+use super::activity::{Activity, ClientIo, Expired, ListenerLoad, Tracked, Verdict};
 use super::stack;
 use super::upgrade::End;
 use crate::config::ServerLimits;
@@ -168,33 +168,31 @@ async fn sniff(stream: &mut TcpStream) -> std::io::Result<Option<(Bytes, bool)>>
     }
 }
 
-/// Drives `conn` and closes it when a deadline passes, on a GOAWAY request, or on drain.
+/// Drives `conn`; a watchdog task applies the deadlines, the GOAWAY rule and the drain, and
+/// tells this task what to do through one [`Notify`](tokio::sync::Notify), so the connection's
+/// own polling (on every read and write) stays two branches.
 async fn watch_over<C, F>(
     conn: C,
     shut_down: F,
     activity: &Arc<Activity>,
     limits: &ServerLimits,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) -> Closed
 where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
     F: Fn(std::pin::Pin<&mut C>),
 {
+    let watchdog = tokio::spawn(watchdog(activity.clone(), limits.clone(), drain));
+    let _stop_watchdog = AbortOnDrop(watchdog.abort_handle());
     tokio::pin!(conn);
-    let far = || Instant::now() + limits.idle_timeout.max(limits.header_read_timeout);
-    let next = |a: &Activity| a.deadline(limits.header_read_timeout, limits.idle_timeout);
-    let wake = tokio::time::sleep_until(match next(activity) {
-        Ok(Some(at)) => at,
-        _ => Instant::now(),
-    });
-    tokio::pin!(wake);
-    let mut closing: Option<(Closed, Instant)> = None;
-    let mut draining = false;
+    let mut closing: Option<Closed> = None;
+    let mut shut = false;
     loop {
         tokio::select! {
+            biased;
             ended = conn.as_mut() => {
                 return match (closing, ended) {
-                    (Some((why, _)), _) => why,
+                    (Some(why), _) => why,
                     (None, Ok(())) => Closed::Normal,
                     (None, Err(e)) => {
                         tracing::debug!(error = %e, "client connection ended with an error");
@@ -202,41 +200,81 @@ where
                     }
                 };
             }
-            () = &mut wake => {
-                if let Some((why, cut_at)) = closing {
-                    if Instant::now() >= cut_at && activity.in_flight() == 0 {
-                        return why;
-                    }
-                    wake.as_mut().reset(far());
-                    continue;
+            () = activity.close.notified() => {
+                let (verdict, cut) = activity.verdict();
+                if cut {
+                    return closing.unwrap_or(Closed::Normal);
                 }
-                match next(activity) {
-                    Ok(Some(at)) => wake.as_mut().reset(at),
-                    Ok(None) => wake.as_mut().reset(far()),
-                    Err(expired) => {
-                        shut_down(conn.as_mut());
-                        closing = Some((Closed::Deadline(expired), Instant::now() + CLOSE_GRACE));
-                        wake.as_mut().reset(Instant::now() + CLOSE_GRACE);
-                    }
+                closing = closing.or(match verdict {
+                    Some(Verdict::HeaderTimeout) => Some(Closed::Deadline(Expired::HeaderTimeout)),
+                    Some(Verdict::IdleTimeout) => Some(Closed::Deadline(Expired::IdleTimeout)),
+                    Some(Verdict::PrematureResets) => Some(Closed::PrematureResets),
+                    _ => None,
+                });
+                if !shut && verdict.is_some() {
+                    shut = true;
+                    shut_down(conn.as_mut());
                 }
             }
-            () = activity.went_idle.notified(), if closing.is_none() => {
-                match next(activity) {
-                    Ok(Some(at)) => wake.as_mut().reset(at),
-                    Ok(None) => {}
-                    Err(_) => wake.as_mut().reset(Instant::now()),
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches one connection's [`Activity`]: first-request, idle and slow-head deadlines,
+/// cancelled-stream floods and the listener's drain. After a deadline or a flood it gives the
+/// connection [`CLOSE_GRACE`] to finish, then cuts it once nothing is in flight.
+async fn watchdog(activity: Arc<Activity>, limits: ServerLimits, mut drain: watch::Receiver<bool>) {
+    let far = || Instant::now() + limits.idle_timeout.max(limits.header_read_timeout);
+    let next = |a: &Activity| a.deadline(limits.header_read_timeout, limits.idle_timeout);
+    let wake = tokio::time::sleep_until(match next(&activity) {
+        Ok(Some(at)) => at,
+        _ => Instant::now(),
+    });
+    tokio::pin!(wake);
+    loop {
+        tokio::select! {
+            () = &mut wake => match next(&activity) {
+                Ok(Some(at)) => wake.as_mut().reset(at),
+                Ok(None) => wake.as_mut().reset(far()),
+                Err(expired) => {
+                    activity.decide(match expired {
+                        Expired::HeaderTimeout => Verdict::HeaderTimeout,
+                        Expired::IdleTimeout => Verdict::IdleTimeout,
+                    });
+                    break;
                 }
-            }
-            () = activity.go_away.notified(), if closing.is_none() => {
+            },
+            () = activity.went_idle.notified() => match next(&activity) {
+                Ok(Some(at)) => wake.as_mut().reset(at),
+                Ok(None) => {}
+                Err(_) => wake.as_mut().reset(Instant::now()),
+            },
+            () = activity.go_away.notified() => {
                 tracing::warn!("too many cancelled HTTP/2 streams on one connection; sending GOAWAY");
-                shut_down(conn.as_mut());
-                closing = Some((Closed::PrematureResets, Instant::now() + CLOSE_GRACE));
-                wake.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                activity.decide(Verdict::PrematureResets);
+                break;
             }
-            () = crate::shutdown::signalled(&mut drain), if !draining => {
-                draining = true;
-                shut_down(conn.as_mut());
+            () = crate::shutdown::signalled(&mut drain) => {
+                // Requests in flight finish; the listener's drain timeout bounds them.
+                activity.decide(Verdict::Drain);
+                return;
             }
+        }
+    }
+    loop {
+        tokio::time::sleep(CLOSE_GRACE).await;
+        if activity.in_flight() == 0 {
+            activity.decide(Verdict::Cut);
+            return;
         }
     }
 }
