@@ -99,8 +99,6 @@ pub struct Activity {
     premature_resets: AtomicU32,
     /// Woken when the connection should be told to go away.
     pub go_away: Notify,
-    /// Woken when the last request in flight finished, so the watchdog starts the idle clock.
-    pub went_idle: Notify,
     /// The watchdog's word to the connection task: see [`Verdict`].
     pub close: Notify,
     verdict: AtomicU8,
@@ -159,7 +157,6 @@ impl Activity {
             head_started: AtomicU64::new(0),
             premature_resets: AtomicU32::new(0),
             go_away: Notify::new(),
-            went_idle: Notify::new(),
             close: Notify::new(),
             verdict: AtomicU8::new(0),
             listener,
@@ -297,9 +294,7 @@ impl Drop for RequestGuard {
             }
         }
         a.idle_since.store(a.now(), Ordering::Relaxed);
-        if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            a.went_idle.notify_one();
-        }
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

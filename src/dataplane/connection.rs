@@ -232,18 +232,22 @@ impl Drop for AbortOnDrop {
 /// Watches one connection's [`Activity`]: first-request, idle and slow-head deadlines,
 /// cancelled-stream floods and the listener's drain. After a deadline or a flood it gives the
 /// connection [`CLOSE_GRACE`] to finish, then cuts it once nothing is in flight.
+///
+/// No request tells it when the connection goes idle: it never sleeps longer than
+/// min(idle_timeout, header_read_timeout), so it always looks again before a deadline that
+/// started meanwhile can pass, and then sleeps until that deadline exactly.
 async fn watchdog(activity: Arc<Activity>, limits: ServerLimits, mut drain: watch::Receiver<bool>) {
-    let far = || Instant::now() + limits.idle_timeout.max(limits.header_read_timeout);
+    let far = || Instant::now() + limits.idle_timeout.min(limits.header_read_timeout);
     let next = |a: &Activity| a.deadline(limits.header_read_timeout, limits.idle_timeout);
     let wake = tokio::time::sleep_until(match next(&activity) {
-        Ok(Some(at)) => at,
+        Ok(Some(at)) => at.min(far()),
         _ => Instant::now(),
     });
     tokio::pin!(wake);
     loop {
         tokio::select! {
             () = &mut wake => match next(&activity) {
-                Ok(Some(at)) => wake.as_mut().reset(at),
+                Ok(Some(at)) => wake.as_mut().reset(at.min(far())),
                 Ok(None) => wake.as_mut().reset(far()),
                 Err(expired) => {
                     activity.decide(match expired {
@@ -252,11 +256,6 @@ async fn watchdog(activity: Arc<Activity>, limits: ServerLimits, mut drain: watc
                     });
                     break;
                 }
-            },
-            () = activity.went_idle.notified() => match next(&activity) {
-                Ok(Some(at)) => wake.as_mut().reset(at),
-                Ok(None) => {}
-                Err(_) => wake.as_mut().reset(Instant::now()),
             },
             () = activity.go_away.notified() => {
                 tracing::warn!("too many cancelled HTTP/2 streams on one connection; sending GOAWAY");
