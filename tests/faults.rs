@@ -256,28 +256,10 @@ async fn keep_alive_survives_an_early_answer_to_a_post_with_a_body() {
 /// Reads one whole response (content-length framed); its status, or None if the connection
 /// broke.
 async fn read_response(s: &mut TcpStream) -> Option<u16> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap_or(0));
-            if buf.len() >= end + 4 + len {
-                return head.get(9..12)?.parse().ok();
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let head = tokio::time::timeout(Duration::from_secs(10), read_message(s, &mut Vec::new()))
+        .await
+        .ok()??;
+    head.get(9..12)?.parse().ok()
 }
 
 /// A big unread body cannot be drained: the early answer says `Connection: close`.

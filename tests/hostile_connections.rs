@@ -243,7 +243,8 @@ async fn cancelling_http2_streams_in_a_loop_earns_a_goaway() {
             let req = Request::get(&url).body(Full::<Bytes>::default()).unwrap();
             pending.push(send.send_request(req));
         }
-        // Let the streams reach the proxy, then cancel them all (RST_STREAM CANCEL).
+        // The attack itself, not a wait for a condition: hold the streams open for 30 ms (as
+        // in the reported rapid-reset run), then cancel them all (RST_STREAM CANCEL).
         let wait = tokio::time::sleep(Duration::from_millis(30));
         tokio::pin!(wait);
         tokio::select! {

@@ -59,11 +59,10 @@ impl RawBackend {
     async fn serve(&self, mut stream: TcpStream, mode: Mode) {
         let mut buf = Vec::new();
         loop {
-            let Some(request_len) = read_request(&mut stream, &mut buf).await else {
+            if read_message(&mut stream, &mut buf).await.is_none() {
                 self.closed.fetch_add(1, Ordering::SeqCst);
                 return;
-            };
-            buf.drain(..request_len);
+            }
             self.requests.fetch_add(1, Ordering::SeqCst);
             match mode {
                 Mode::CloseAfterAnswer => {
@@ -106,27 +105,6 @@ impl RawBackend {
                     }
                 }
             }
-        }
-    }
-}
-
-/// Reads one request (head and content-length body) into `buf`; its length, or `None` at EOF.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap_or(0));
-            if buf.len() >= end + 4 + len {
-                return Some(end + 4 + len);
-            }
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
 }

@@ -87,18 +87,11 @@ fn client_left(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
         return true;
     }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return matches!(
-                io.kind(),
-                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
-            );
-        }
-        source = cause.source();
-    }
-    false
+    use std::io::ErrorKind::*;
+    matches!(
+        super::io_error::io_error_kind(e),
+        Some(UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
+    )
 }
 
 pin_project_lite::pin_project! {

@@ -40,6 +40,26 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// larger.
 const STREAMS_PER_CONNECTION: u32 = 100;
 
+/// The `server:` limits one connection uses, copied when it is accepted.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_concurrent_streams: u32,
+    max_request_headers_bytes: usize,
+}
+
+impl ConnLimits {
+    fn of(server: &ServerLimits) -> Self {
+        Self {
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            max_concurrent_streams: server.max_concurrent_streams,
+            max_request_headers_bytes: server.max_request_headers_bytes,
+        }
+    }
+}
+
 /// Everything a connection needs from its listener.
 #[derive(Debug, Clone)]
 pub struct Listener {
@@ -84,7 +104,7 @@ pub async fn serve(
     listener: Listener,
     mut drain: watch::Receiver<bool>,
 ) -> Closed {
-    let limits = listener.snapshots.load().config.server.clone();
+    let limits = ConnLimits::of(&listener.snapshots.load().config.server);
     let accepted = Instant::now();
     let mut stream = stream;
     let sniffed = tokio::select! {
@@ -110,7 +130,7 @@ pub async fn serve(
         activity.clone(),
     ));
     // Time spent sniffing counts against the first request's head.
-    let limits = ServerLimits {
+    let limits = ConnLimits {
         header_read_timeout: limits
             .header_read_timeout
             .saturating_sub(accepted.elapsed()),
@@ -175,14 +195,14 @@ async fn watch_over<C, F>(
     conn: C,
     shut_down: F,
     activity: &Arc<Activity>,
-    limits: &ServerLimits,
+    limits: &ConnLimits,
     drain: watch::Receiver<bool>,
 ) -> Closed
 where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
     F: Fn(std::pin::Pin<&mut C>),
 {
-    let watchdog = tokio::spawn(watchdog(activity.clone(), limits.clone(), drain));
+    let watchdog = tokio::spawn(watchdog(activity.clone(), *limits, drain));
     let _stop_watchdog = AbortOnDrop(watchdog.abort_handle());
     tokio::pin!(conn);
     let mut closing: Option<Closed> = None;
@@ -236,7 +256,7 @@ impl Drop for AbortOnDrop {
 /// No request tells it when the connection goes idle: it never sleeps longer than
 /// min(idle_timeout, header_read_timeout), so it always looks again before a deadline that
 /// started meanwhile can pass, and then sleeps until that deadline exactly.
-async fn watchdog(activity: Arc<Activity>, limits: ServerLimits, mut drain: watch::Receiver<bool>) {
+async fn watchdog(activity: Arc<Activity>, limits: ConnLimits, mut drain: watch::Receiver<bool>) {
     let far = || Instant::now() + limits.idle_timeout.min(limits.header_read_timeout);
     let next = |a: &Activity| a.deadline(limits.header_read_timeout, limits.idle_timeout);
     let wake = tokio::time::sleep_until(match next(&activity) {

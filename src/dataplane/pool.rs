@@ -396,17 +396,10 @@ where
 /// Whether the connection was reset (or the write hit a reset): the peer's socket closed with
 /// our bytes unread.
 fn reset_by_peer(error: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            return matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-            );
-        }
-        source = cause.source();
-    }
-    false
+    matches!(
+        super::io_error::io_error_kind(error),
+        Some(io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
+    )
 }
 
 /// Whether nothing is waiting to be read on an idle connection: no EOF, no stray bytes.
@@ -563,17 +556,7 @@ impl AsyncWrite for SharedTcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let Some(refused) = self.refuse_if_closed() {
-            return Poll::Ready(Err(refused));
-        }
-        let socket = &self.0.socket;
-        loop {
-            ready!(socket.poll_write_ready(cx))?;
-            match socket.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(

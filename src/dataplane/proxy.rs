@@ -58,6 +58,8 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone)]
 pub struct Proxy {
     snapshots: SnapshotHandle,
+    /// The client's address.
+    client_ip: IpAddr,
     /// The client's address as an `x-forwarded-for` entry, formatted once per connection.
     client: HeaderValue,
     /// Counts shared by the listener's connections (the replay buffer budget).
@@ -126,6 +128,7 @@ impl Proxy {
             .expect("an IP address is a valid header value");
         Self {
             snapshots,
+            client_ip,
             client,
             load,
         }
@@ -145,7 +148,7 @@ impl Proxy {
             return self.answer_early(response, req, &snapshot).await;
         }
         // Before routing and rate limiting, so neither sees a forged x-forwarded-for.
-        let trusted = forward::is_trusted(&snapshot.config.server.trusted_proxies, &self.client);
+        let trusted = forward::is_trusted(&snapshot.config.server.trusted_proxies, self.client_ip);
         let (mut parts, body) = req.into_parts();
         forward::add_forwarded(&mut parts.headers, &parts.uri, &self.client, trusted);
         let req = Request::from_parts(parts, body);
@@ -238,9 +241,8 @@ impl Proxy {
         let (body, watch) = ClientBody::new(body, limits.client_body_timeout);
         // Small bodies are always kept, so that a request an upstream provably never read (it
         // reset a reused connection first) can be sent again on a fresh one.
-        let small = http_body::Body::size_hint(&body)
-            .exact()
-            .is_some_and(|n| n <= settle::DRAIN_LIMIT as u64);
+        let known = http_body::Body::size_hint(&body).exact();
+        let small = known.is_some_and(|n| n <= settle::DRAIN_LIMIT as u64);
         let replayable =
             small || policy.is_some_and(|p| p.attempts > 1) || !route.failover.is_empty();
         let mut _reserved = None;
@@ -249,7 +251,6 @@ impl Proxy {
         } else if replayable {
             let limit = policy.map_or(settle::DRAIN_LIMIT, |p| p.max_buffered_body);
             // A body of known length holds only what it can fill.
-            let known = http_body::Body::size_hint(&body).exact();
             let reserve = known.map_or(limit, |n| usize::try_from(n).unwrap_or(limit).min(limit));
             match self.load.reserve_buffer(reserve, limits.max_buffered_bytes) {
                 Some(reservation) => {
