@@ -3,8 +3,9 @@
 //! straight to the backend, for pass-through and for every local policy at once. It fails when
 //! someone adds allocations to the hot path; raise a budget only with a reason in the commit.
 //!
-//! Measured 2026-11-30 over 1,000 requests on one connection: 19.7 (pass-through) and 24.7
-//! (all local policies) allocations per request beyond the direct path. The budgets leave less
+//! Measured 2026-11-30 over 1,000 requests on one connection: 14.7 (pass-through) and 19.7
+//! (all local policies) allocations per request beyond the direct path (19.7 and 24.7 before
+//! the pipeline served each request with one boxed future and no response extension). The budgets leave less
 //! than one allocation of slack, so one more allocation per request fails the test:
 //! pass-through <= PASS_THROUGH_BUDGET, all local policies <= ALL_POLICIES_BUDGET.
 
@@ -23,10 +24,10 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const REQUESTS: usize = 1000;
 /// Allocations per proxied GET, pass-through.
-const PASS_THROUGH_BUDGET: f64 = 20.5;
+const PASS_THROUGH_BUDGET: f64 = 15.5;
 /// Allocations per proxied GET with breaker, outlier detection, bulkhead, health checks,
 /// retries, failover, a local keyed rate limit and an SLO.
-const ALL_POLICIES_BUDGET: f64 = 25.5;
+const ALL_POLICIES_BUDGET: f64 = 20.5;
 
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 

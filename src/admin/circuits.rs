@@ -17,7 +17,7 @@ fn cells(snapshot: &Snapshot) -> impl Iterator<Item = &Arc<BreakerCell>> {
         .upstreams
         .iter()
         .filter_map(|u| u.breaker.as_ref())
-        .chain(snapshot.route_breakers.iter().flatten())
+        .chain(snapshot.routes.iter().filter_map(|r| r.breaker.as_ref()))
 }
 
 /// The JSON list of breakers.

@@ -44,11 +44,9 @@ impl Sampler {
 
     fn sample(&self, snapshot: &Snapshot) {
         let totals = snapshot
-            .config
             .routes
             .iter()
-            .zip(&snapshot.route_metrics)
-            .map(|(r, m)| (r.name.clone(), m.totals()))
+            .map(|r| (r.config.name.clone(), r.metrics.totals()))
             .collect();
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.push_back((Instant::now(), totals));
@@ -153,9 +151,10 @@ fn breaker_cell(
 
 fn routes(h: &mut String, snapshot: &Snapshot, sampler: &Sampler, now: Instant) {
     h.push_str("<h2>Routes</h2><table><tr><th>route</th><th>upstream</th><th>req/s</th><th>5xx</th><th>p99</th><th>breaker</th><th>rate limited</th></tr>\n");
-    for (i, route) in snapshot.config.routes.iter().enumerate() {
+    for live in &snapshot.routes {
+        let route = &live.config;
         let upstream = &snapshot.upstreams[route.upstream];
-        let totals = snapshot.route_metrics[i].totals();
+        let totals = live.metrics.totals();
         let (rps, errors, p99) = match sampler.live(&route.name, &totals) {
             Some((rps, share, p99)) => (
                 format!("{rps:.1}"),
@@ -164,10 +163,9 @@ fn routes(h: &mut String, snapshot: &Snapshot, sampler: &Sampler, now: Instant) 
             ),
             None => ("…".into(), "…".into(), "…".into()),
         };
-        let breaker = snapshot.route_breakers[i]
-            .as_ref()
-            .or(upstream.breaker.as_ref());
-        let limited = snapshot.route_limiters[i]
+        let breaker = live.breaker.as_ref().or(upstream.breaker.as_ref());
+        let limited = live
+            .limiter
             .as_ref()
             .map_or("—".into(), |l| l.rejected().to_string());
         let _ = writeln!(

@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::body::ProxyBody;
+use super::pipeline::Pipeline;
 use super::rescue::ProxyError;
 use super::upgrade::Tunnel;
 
@@ -369,32 +370,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     }
 }
 
-/// Wraps the connection's service to count its requests (see [`RequestGuard`]) and to refuse
-/// HTTP/2 streams beyond the listener-wide cap.
+/// The connection's service: the [`Pipeline`] for each request, counted (see
+/// [`RequestGuard`]), with HTTP/2 streams beyond the listener-wide cap refused. One boxed
+/// future per request, this one.
 #[derive(Debug, Clone)]
-pub struct Tracked<S> {
-    inner: S,
+pub struct Tracked {
+    pipeline: Pipeline,
     activity: Arc<Activity>,
 }
 
-impl<S> Tracked<S> {
-    /// Tracks `inner`'s requests in `activity`.
-    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+impl Tracked {
+    /// Tracks `pipeline`'s requests in `activity`.
+    pub fn new(pipeline: Pipeline, activity: Arc<Activity>) -> Self {
+        Self { pipeline, activity }
     }
 }
 
-impl<S> Service<Request<Incoming>> for Tracked<S>
-where
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
+impl Service<Request<Incoming>> for Tracked {
     type Response = Response<TrackedBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
@@ -407,10 +405,10 @@ where
                 response.map(|body| TrackedBody { body, guard })
             )));
         }
-        let fut = self.inner.call(req);
+        let pipeline = self.pipeline.clone();
         let activity = self.activity.clone();
         Box::pin(async move {
-            let Ok(mut response) = fut.await;
+            let mut response = pipeline.serve(req).await;
             if let Some(tunnel) = response.extensions_mut().remove::<Tunnel>() {
                 *activity.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
             }

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::activity::{Activity, ClientIo, Expired, ListenerLoad, Tracked, Verdict};
-use super::stack;
+use super::pipeline::Pipeline;
 use super::upgrade::End;
 use crate::config::ServerLimits;
 use crate::metrics::Metrics;
@@ -121,7 +121,7 @@ pub async fn serve(
     let activity = Activity::new(http2, listener.load.clone(), max_streams);
     let io = TokioIo::new(ClientIo::new(prefix, stream, activity.clone()));
     let service = TowerToHyperService::new(Tracked::new(
-        stack::build(
+        Pipeline::new(
             &listener.snapshots,
             &listener.metrics,
             remote.ip(),

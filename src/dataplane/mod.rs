@@ -1,8 +1,8 @@
 //! The data plane: the only code that knows hyper.
 //!
-//! [`server`] accepts connections and serves each with the service [`stack`]; the stack's
-//! innermost service is [`proxy`]. Errors the proxy produces itself are mapped to responses in
-//! [`rescue`] and nowhere else.
+//! [`server`] accepts connections, [`connection`] serves each with hyper, and every request
+//! goes through the stages of the [`pipeline`], in the order written there. Errors backstop
+//! produces itself are mapped to responses in [`rescue`] and nowhere else.
 
 pub mod activity;
 pub mod balancer;
@@ -17,11 +17,9 @@ pub mod forward;
 pub mod health;
 pub mod io_error;
 pub mod load;
-pub mod observe;
-pub mod outcome;
 pub mod path;
+pub mod pipeline;
 pub mod pool;
-pub mod proxy;
 pub mod ratelimit;
 pub mod replay;
 pub mod request_body;
@@ -30,9 +28,7 @@ pub mod rescue;
 pub mod router;
 pub mod server;
 pub mod settle;
-pub mod stack;
 pub mod stall;
-pub mod target;
 pub mod tasks;
 pub mod upgrade;
 pub mod upstream;

@@ -1,4 +1,4 @@
-//! Where the next attempt goes: which upstream (the route's, else its failover list) and which
+//! Stages 4 to 6, breaker admission, bulkhead and endpoint choice: where the next attempt goes: which upstream (the route's, else its failover list) and which
 //! endpoint, past the breaker and the bulkhead.
 //!
 //! An upstream can take an attempt when its breaker admits it, its bulkhead has room, and it
@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::breaker_cell::{BreakerCell, Permit};
-use super::bulkhead::Slot;
-use super::rescue::ProxyError;
-use super::upstream::LiveUpstream;
+use crate::dataplane::breaker_cell::{BreakerCell, Permit};
+use crate::dataplane::bulkhead::Slot;
+use crate::dataplane::rescue::ProxyError;
+use crate::dataplane::upstream::LiveUpstream;
 use crate::runtime::Snapshot;
 
 /// A chosen endpoint with the permits that admit the attempt.
@@ -57,7 +57,7 @@ pub fn choose(
         let endpoint = pick(upstream, pin.upstream, tried, &in_group, now).unwrap_or(pin.endpoint);
         return enter(snapshot, route, pin.upstream, endpoint, now);
     }
-    let config = &snapshot.config.routes[route];
+    let config = &snapshot.routes[route].config;
     let candidates = std::iter::once(config.upstream).chain(config.failover.iter().copied());
     let mut refusal = None;
     let mut fallback = None;
@@ -99,10 +99,9 @@ fn enter(
     now: Instant,
 ) -> Result<Target, ProxyError> {
     let upstream = &snapshot.upstreams[u];
-    let breaker: Option<&Arc<BreakerCell>> = if u == snapshot.config.routes[route].upstream {
-        snapshot.route_breakers[route]
-            .as_ref()
-            .or(upstream.breaker.as_ref())
+    let live = &snapshot.routes[route];
+    let breaker: Option<&Arc<BreakerCell>> = if u == live.config.upstream {
+        live.breaker.as_ref().or(upstream.breaker.as_ref())
     } else {
         upstream.breaker.as_ref()
     };

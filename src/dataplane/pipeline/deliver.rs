@@ -1,0 +1,206 @@
+//! Stages 3 to 9 for one request: the deadline, then attempts until one answers or the rules
+//! say stop. Each attempt passes breaker admission, the bulkhead and endpoint choice
+//! ([`target::choose`]), is sent ([`attempt`]), classified ([`record`]), and the
+//! [`retry`] stage says whether another one follows.
+//!
+//! The payment rules live in [`Trail`]: once a non-idempotent request may have been written to
+//! an upstream, later attempts stay with that upstream and its priority group, and a failed
+//! answer says `x-backstop-outcome: unknown`.
+
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::attempt::{self, upstream_request};
+use super::exchange::Exchange;
+use super::source::Source;
+use super::target;
+use super::{answer, record, retry};
+use crate::dataplane::activity::ListenerLoad;
+use crate::dataplane::body::ProxyBody;
+use crate::dataplane::pool::Via;
+use crate::dataplane::rescue::ProxyError;
+use crate::policy::classify::Call;
+use crate::policy::retry::{self as rules, RequestKind};
+
+/// The attempts of one request so far, as the rules about payments need them.
+#[derive(Debug, Default)]
+struct Trail {
+    /// (upstream, endpoint) pairs already tried.
+    tried: Vec<(usize, usize)>,
+    /// Once a non-idempotent request was written to an upstream, later attempts stay with that
+    /// upstream and its priority group: an idempotency key deduplicates only at the provider
+    /// that saw it.
+    pin: Option<target::Pin>,
+    /// An attempt may have been delivered without an answer (reset or timeout after writing).
+    maybe_delivered: bool,
+}
+
+impl Trail {
+    /// Notes where an attempt that may have reached the upstream went.
+    fn attempted(&mut self, kind: RequestKind, call: Call, at: target::Pin) {
+        if kind.non_idempotent_method() && !rules::never_sent(call.result) {
+            self.pin.get_or_insert(at);
+        }
+        self.maybe_delivered |= rules::outcome_unknown(call.result);
+    }
+}
+
+/// Sends the attempts for a request that passed admission and the rate limit.
+pub async fn deliver(
+    ex: &mut Exchange,
+    req: Request<Incoming>,
+    load: &ListenerLoad,
+) -> Response<ProxyBody> {
+    let snapshot = Arc::clone(&ex.snapshot);
+    let route_index = ex.outcome.route.unwrap_or_default();
+    let live = &snapshot.routes[route_index];
+    let route = &live.config;
+    let policy = route.retry.as_ref();
+
+    let (mut parts, body) = req.into_parts();
+    attempt::prepare_headers(&mut parts);
+    let http1 = parts.version <= Version::HTTP_11;
+    let kind = match policy {
+        Some(p) => rules::request_kind(&parts.method, &parts.headers, p),
+        None if rules::is_idempotent(&parts.method) => RequestKind::Idempotent,
+        None => RequestKind::NonIdempotent,
+    };
+    let limits = &snapshot.config.server;
+    let mut source = Source::new(body, route, load, limits, &mut ex.outcome.note);
+    if let Some(budget) = &live.budget {
+        budget.deposit(ex.started);
+    }
+
+    // Stage 3, the deadline: every attempt and back-off fits in the route's timeout.
+    let deadline = ex.deadline();
+    let mut trail = Trail::default();
+    let mut attempt_number = 0;
+    loop {
+        attempt_number += 1;
+        let now = Instant::now();
+        // Stages 4 to 6: breaker admission, bulkhead, endpoint choice.
+        let target = match target::choose(&snapshot, route_index, &trail.tried, trail.pin, now) {
+            Ok(target) => target,
+            Err(error) => {
+                let response = answer::refuse(ex, Some(route.upstream), error);
+                return conclude(ex, kind, &trail, response, source, http1).await;
+            }
+        };
+        let (upstream_index, endpoint_index) = (target.upstream, target.endpoint);
+        let upstream = &snapshot.upstreams[upstream_index];
+        let stayed = trail.pin.is_some() && trail.tried.contains(&(upstream_index, endpoint_index));
+        if stayed && (!route.failover.is_empty() || upstream.balancer.groups() > 1) {
+            // Another provider or priority group would have taken it if the request could
+            // not have been delivered already.
+            ex.outcome.note = Some("not_failed_over_maybe_delivered");
+        }
+        if upstream_index != route.upstream {
+            let from = &snapshot.upstreams[route.upstream].name;
+            snapshot.metrics.failover(&route.name, from, &upstream.name);
+        }
+        ex.outcome.upstream = Some(upstream_index);
+        ex.outcome.endpoint = Some(endpoint_index);
+        ex.outcome.attempts = attempt_number;
+        let remaining = deadline.saturating_duration_since(now);
+        let per_try = policy
+            .and_then(|p| p.per_try_timeout)
+            .map_or(remaining, |t| t.min(remaining));
+        let request_parts = if source.replayable() {
+            parts.clone()
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        let Some(request) = source
+            .body_for_attempt()
+            .and_then(|body| upstream_request(request_parts, body, upstream, endpoint_index))
+        else {
+            return answer::refuse(ex, Some(upstream_index), ProxyError::BadRequest);
+        };
+
+        // Stage 7, the attempt.
+        let sent_at = Instant::now();
+        let mut sent = attempt::send(upstream, endpoint_index, request, per_try, Via::Pooled).await;
+        if sent.unread && source.can_replay() {
+            // The upstream closed a reused connection without reading the request: send it
+            // again on a new connection. Not a retry: the first copy never arrived.
+            let again = source
+                .body_for_attempt()
+                .and_then(|body| upstream_request(parts.clone(), body, upstream, endpoint_index));
+            if let Some(request) = again {
+                let left = per_try.saturating_sub(sent_at.elapsed());
+                sent = attempt::send(upstream, endpoint_index, request, left, Via::Fresh).await;
+            }
+        }
+        let call = sent.call;
+        if let Some(fault) = attempt::client_fault(&source.watch, call) {
+            // The client broke, stalled or left: nothing here is the upstream's doing, so
+            // the breaker, ejection, retry budget, SLO and unknown counters see nothing.
+            drop(target);
+            let mut response = answer::refuse(ex, Some(upstream_index), fault);
+            if http1 {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return response;
+        }
+
+        // Stage 8, outcome classification.
+        let priority = upstream.config.endpoints[endpoint_index].priority;
+        drop(record::record(&snapshot, target, call));
+        let at = target::Pin {
+            upstream: upstream_index,
+            priority,
+            endpoint: endpoint_index,
+        };
+        trail.attempted(kind, call, at);
+
+        // Stage 9, the retry decision.
+        let decision = if retry::wanted(ex, call) {
+            let response = sent.response.as_ref().ok();
+            retry::decide(
+                ex,
+                kind,
+                call,
+                attempt_number,
+                source.can_replay(),
+                response,
+            )
+            .await
+        } else {
+            Err(None)
+        };
+        match decision {
+            Ok(()) => {
+                trail.tried.push((upstream_index, endpoint_index));
+                continue;
+            }
+            Err(note) => ex.outcome.note = note.or(ex.outcome.note),
+        }
+        let response = match sent.response {
+            Ok(response) => response,
+            Err(error) => answer::refuse(ex, Some(upstream_index), error),
+        };
+        return conclude(ex, kind, &trail, response, source, http1).await;
+    }
+}
+
+/// The last answer: marked `outcome: unknown` when the payment rules say so, and the client's
+/// connection kept usable.
+async fn conclude(
+    ex: &Exchange,
+    kind: RequestKind,
+    trail: &Trail,
+    mut response: Response<ProxyBody>,
+    source: Source,
+    http1: bool,
+) -> Response<ProxyBody> {
+    if kind.non_idempotent_method() && trail.maybe_delivered {
+        let route = ex.route().config.upstream;
+        answer::mark_unknown(ex, trail.pin.map_or(route, |p| p.upstream), &mut response);
+    }
+    source.settle(response, http1).await
+}

@@ -1,0 +1,107 @@
+//! The first and the last stage: request id, in-flight gauge, then metrics, SLO counts and the
+//! access log.
+//!
+//! It brackets every other stage so that what it measures is what the client saw, including
+//! the answers backstop gave itself.
+
+use http::{HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+
+use super::exchange::Exchange;
+use crate::dataplane::body::ProxyBody;
+use crate::dataplane::forward::{self, REQUEST_ID};
+use crate::metrics::Metrics;
+
+/// tracing target of the access log; filter it with `RUST_LOG=backstop::access=off`.
+pub const ACCESS_LOG_TARGET: &str = "backstop::access";
+
+/// What the observe stage notes before the other stages run.
+#[derive(Debug)]
+pub struct Observed {
+    request_id: HeaderValue,
+    method: Method,
+    /// The path as the client sent it, kept only when the access log is on.
+    path: Option<String>,
+    in_flight: InFlight,
+}
+
+impl Observed {
+    /// Notes the request: ensures it has a request id, counts it in flight.
+    pub fn start(req: &mut Request<Incoming>, metrics: &Metrics) -> Self {
+        let request_id = forward::ensure_request_id(req.headers_mut());
+        let logging = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO);
+        Self {
+            request_id,
+            method: req.method().clone(),
+            path: logging.then(|| req.uri().path().to_owned()),
+            in_flight: InFlight::start(metrics),
+        }
+    }
+
+    /// Counts the answer in the metrics and SLOs, writes the access log line, and returns the
+    /// response with its request id.
+    pub fn finish(
+        self,
+        ex: &Exchange,
+        metrics: &Metrics,
+        mut response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let elapsed = ex.started.elapsed();
+        let outcome = &ex.outcome;
+        let status = response.status().as_u16();
+        if let Some(route) = outcome.route {
+            ex.snapshot
+                .slos
+                .record(route, status, outcome.reason, elapsed);
+        }
+        match ex.route_metrics() {
+            Some(handles) => handles.observe(&self.method, status, elapsed),
+            None => {
+                let (route, upstream) = (ex.route_name(), ex.upstream_name());
+                metrics
+                    .requests_handle(route, upstream, &self.method, status)
+                    .inc();
+                metrics
+                    .duration_handle(route, upstream)
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
+        if let Some(path) = self.path {
+            tracing::info!(
+                target: ACCESS_LOG_TARGET,
+                request_id = self.request_id.to_str().unwrap_or(""),
+                method = %self.method,
+                path,
+                route = ex.route_name(),
+                upstream = ex.upstream_name(),
+                endpoint = ex.endpoint_address(),
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                attempts = outcome.attempts,
+                reason = outcome.reason.map_or("", |r| r.reason()),
+                note = outcome.note.unwrap_or(""),
+                "request"
+            );
+        }
+        response.headers_mut().insert(REQUEST_ID, self.request_id);
+        drop(self.in_flight);
+        response
+    }
+}
+
+/// Counts a request in the in-flight gauge until dropped, even if the client goes away.
+#[derive(Debug)]
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn start(metrics: &Metrics) -> Self {
+        metrics.in_flight().inc();
+        Self(metrics.in_flight().clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
