@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use crate::runtime::reload::Reloader;
 use crate::runtime::{Snapshot, SnapshotHandle};
 
+mod workers;
+
 /// Why backstop could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,6 +37,19 @@ pub enum StartError {
     /// An upstream client could not be built.
     #[error(transparent)]
     Client(#[from] ClientError),
+}
+
+/// How the proxy listener's connections are spread over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    /// One accept loop on the runtime [`App`] is started on (tokio's work-stealing
+    /// multi-thread runtime, or a current-thread one).
+    #[default]
+    Shared,
+    /// This many accept loops on the one listening socket, each on its own current-thread
+    /// runtime and thread: a connection lives on one thread from accept to close. The first
+    /// loop runs on the caller's runtime.
+    PerCore(usize),
 }
 
 /// A running proxy and admin listener.
@@ -54,7 +69,7 @@ pub struct App {
 impl App {
     /// Binds the listeners of `config` and starts serving; the config cannot be reloaded.
     pub async fn start(config: Config, metrics: Metrics) -> Result<App, StartError> {
-        Self::start_inner(config, metrics, None).await
+        Self::start_inner(config, metrics, None, Workers::Shared).await
     }
 
     /// Like [`App::start`], and reloads `path` on change, on SIGHUP and on `POST /admin/reload`.
@@ -63,28 +78,46 @@ impl App {
         metrics: Metrics,
         path: &std::path::Path,
     ) -> Result<App, StartError> {
-        Self::start_inner(config, metrics, Some(path)).await
+        Self::start_inner(config, metrics, Some(path), Workers::Shared).await
+    }
+
+    /// Like [`App::start_watching`], with the proxy's connections spread as `workers` says.
+    pub async fn start_with_workers(
+        config: Config,
+        metrics: Metrics,
+        path: &std::path::Path,
+        workers: Workers,
+    ) -> Result<App, StartError> {
+        Self::start_inner(config, metrics, Some(path), workers).await
     }
 
     async fn start_inner(
         config: Config,
         metrics: Metrics,
         path: Option<&std::path::Path>,
+        workers: Workers,
     ) -> Result<App, StartError> {
         let snapshots = SnapshotHandle::new(Snapshot::build(config, 1, &metrics, None)?);
         let config = &snapshots.load().config;
         let proxy = bind("proxy", config.listen).await?;
+        let (proxy, more) = match workers {
+            Workers::PerCore(n) if n > 1 => workers::share(proxy, n)
+                .map_err(|source| bind_error("proxy", config.listen, source))?,
+            _ => (proxy, Vec::new()),
+        };
         let admin = bind("admin", config.admin_listen).await?;
         let proxy_addr = local_addr("proxy", &proxy)?;
         let admin_addr = local_addr("admin", &admin)?;
         let (shutdown, stop) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
-        let proxy_task = tokio::spawn(server::serve(
-            proxy,
-            snapshots.clone(),
-            metrics.clone(),
-            stop.clone(),
-        ));
+        let accepting = server::Accepting::new(snapshots.clone(), metrics.clone());
+        let others: Vec<_> = more
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| workers::spawn(i + 1, listener, accepting.clone(), stop.clone()))
+            .collect();
+        let first = server::serve(proxy, accepting, stop.clone());
+        let proxy_task = tokio::spawn(workers::join(first, others));
         let admin_state = AdminState {
             metrics: metrics.clone(),
             ready: ready.clone(),
@@ -159,11 +192,15 @@ impl App {
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(address)
         .await
-        .map_err(|source| StartError::Bind {
-            what,
-            address,
-            source,
-        })
+        .map_err(|source| bind_error(what, address, source))
+}
+
+fn bind_error(what: &'static str, address: SocketAddr, source: std::io::Error) -> StartError {
+    StartError::Bind {
+        what,
+        address,
+        source,
+    }
 }
 
 fn local_addr(what: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartError> {

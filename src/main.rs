@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use backstop::app::Workers;
 use backstop::config::{self, ConfigError};
 use backstop::metrics::Metrics;
 use backstop::telemetry::{self, LogFormat};
@@ -56,6 +57,9 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// How connections are spread over the worker threads.
+        #[arg(long, value_enum, default_value = "work-stealing")]
+        worker_model: WorkerModel,
     },
     /// Check a config file and print every problem.
     Validate {
@@ -116,9 +120,11 @@ fn main() -> ExitCode {
             file: ConfigFile { config },
             log_format,
             workers,
+            worker_model,
         } => {
             telemetry::init(log_format, "info");
-            match runtime(workers).and_then(|rt| rt.block_on(run(&config))) {
+            let (threads, spread) = worker_model.plan(workers);
+            match runtime(threads).and_then(|rt| rt.block_on(run(&config, spread))) {
                 Ok(Some(cut)) if cut > 0 => ExitCode::from(EXIT_DRAIN_CUT),
                 Ok(Some(_)) => ExitCode::SUCCESS,
                 Ok(None) => ExitCode::from(EXIT_INVALID),
@@ -190,6 +196,30 @@ fn print_issues(path: &Path, error: &ConfigError) {
     }
 }
 
+/// `backstop run --worker-model`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum WorkerModel {
+    /// One tokio multi-thread runtime; idle threads steal work from busy ones.
+    WorkStealing,
+    /// One current-thread runtime per worker, all accepting from the one listening socket.
+    PerCore,
+}
+
+impl WorkerModel {
+    /// The main runtime's threads and how the proxy listener is spread.
+    fn plan(self, workers: Option<usize>) -> (Option<usize>, Workers) {
+        match self {
+            WorkerModel::WorkStealing => (workers, Workers::Shared),
+            WorkerModel::PerCore => {
+                let n = workers.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                });
+                (Some(1), Workers::PerCore(n))
+            }
+        }
+    }
+}
+
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -219,12 +249,12 @@ fn load_config(path: &Path) -> Option<config::Config> {
 
 /// Serves until SIGTERM/SIGINT; `None` for an invalid config, else how many requests the
 /// drain cut.
-async fn run(path: &Path) -> anyhow::Result<Option<usize>> {
+async fn run(path: &Path, workers: Workers) -> anyhow::Result<Option<usize>> {
     let Some(config) = load_config(path) else {
         return Ok(None);
     };
     let warnings = config.warnings.clone();
-    let app = App::start_watching(config, Metrics::new(), path).await?;
+    let app = App::start_with_workers(config, Metrics::new(), path, workers).await?;
     for warning in warnings {
         tracing::warn!(path = %path.display(), "{warning}");
     }

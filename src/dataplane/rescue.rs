@@ -7,6 +7,16 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
 
+/// The JSON body of every answer backstop gives itself: a typed struct written straight to
+/// bytes, no intermediate map.
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    message: &'a str,
+    route: Option<&'a str>,
+    upstream: Option<&'a str>,
+}
+
 /// Header naming why backstop answered instead of the upstream.
 pub const REASON_HEADER: &str = "x-backstop-reason";
 
@@ -132,13 +142,16 @@ impl ProxyError {
 
     /// The JSON response for this error.
     pub fn to_response(self, route: Option<&str>, upstream: Option<&str>) -> Response<ProxyBody> {
-        let body = serde_json::json!({
-            "error": self.reason(),
-            "message": self.to_string(),
-            "route": route,
-            "upstream": upstream,
-        });
-        let mut response = Response::new(ProxyBody::local(body.to_string()));
+        let message = self.to_string();
+        let body = ErrorBody {
+            error: self.reason(),
+            message: &message,
+            route,
+            upstream,
+        };
+        // Serialising four strings cannot fail; the fallback keeps the answer well-formed.
+        let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = Response::new(ProxyBody::local(body));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(

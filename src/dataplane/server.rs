@@ -41,27 +41,55 @@ pub struct DrainReport {
     pub cut: usize,
 }
 
-/// Serves proxy traffic on `listener` until `shutdown` turns true, then drains.
+/// What every accept loop of the proxy listener shares, whatever runtime it runs on: the
+/// connection limit, the listener-wide load counts, the metrics.
+#[derive(Debug, Clone)]
+pub struct Accepting {
+    shared: Listener,
+    slots: Arc<Semaphore>,
+    limit: usize,
+    server_metrics: ServerMetrics,
+}
+
+impl Accepting {
+    /// The shared state for the proxy listener of `snapshots`' config.
+    pub fn new(snapshots: SnapshotHandle, metrics: Metrics) -> Self {
+        let server_metrics = ServerMetrics::new(&metrics);
+        let limit = snapshots
+            .load()
+            .config
+            .server
+            .max_connections
+            .unwrap_or_else(derived_max_connections);
+        server_metrics.limit.set(limit as i64);
+        Self {
+            shared: Listener {
+                snapshots,
+                metrics,
+                load: Arc::new(ListenerLoad::default()),
+            },
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            server_metrics,
+        }
+    }
+}
+
+/// Serves proxy traffic on `listener` until `shutdown` turns true, then drains. Several accept
+/// loops (one per worker runtime, each with its own `SO_REUSEPORT` socket) may share one
+/// [`Accepting`]: the connection limit and the load counts are the listener's, not the loop's.
 pub async fn serve(
     listener: TcpListener,
-    snapshots: SnapshotHandle,
-    metrics: Metrics,
+    accepting: Accepting,
     mut shutdown: watch::Receiver<bool>,
 ) -> DrainReport {
-    let server_metrics = ServerMetrics::new(&metrics);
-    let limit = snapshots
-        .load()
-        .config
-        .server
-        .max_connections
-        .unwrap_or_else(derived_max_connections);
-    server_metrics.limit.set(limit as i64);
-    let slots = Arc::new(Semaphore::new(limit));
-    let shared = Listener {
-        snapshots: snapshots.clone(),
-        metrics,
-        load: Arc::new(ListenerLoad::default()),
-    };
+    let Accepting {
+        shared,
+        slots,
+        limit,
+        server_metrics,
+    } = accepting;
+    let snapshots = shared.snapshots.clone();
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut backoff = ACCEPT_BACKOFF;

@@ -434,11 +434,17 @@ pub struct Binary {
 impl Binary {
     /// Starts `backstop run -c config` (JSON logs) and waits until it serves.
     pub async fn start(config: &std::path::Path) -> Binary {
+        Self::start_with(config, &[]).await
+    }
+
+    /// [`Binary::start`] with more `run` arguments.
+    pub async fn start_with(config: &std::path::Path, args: &[&str]) -> Binary {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
             .args(["run", "-c"])
             .arg(config)
             .args(["--log-format", "json"])
+            .args(args)
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
