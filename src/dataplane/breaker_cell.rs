@@ -1,5 +1,6 @@
-//! The dataplane side of a circuit breaker: a lock around the state machine, its metrics, its
-//! log lines, and a permit that cannot be forgotten.
+//! The dataplane side of a circuit breaker: the shared state machine (lock-free on the common
+//! path, see [`crate::policy::breaker`]), its metrics, its log lines, and a permit that cannot
+//! be forgotten.
 //!
 //! Every admitted request holds a [`Permit`]. Recording the outcome consumes it; if the request
 //! is dropped first (the client went away), the permit's `Drop` frees its half-open probe slot,
@@ -14,7 +15,7 @@
 //! The dataplane asks [`BreakerCell::check`], which names the refusal: `circuit_open`, or
 //! `circuit_half_open` when every probe slot is taken.
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge};
@@ -36,7 +37,7 @@ pub struct BreakerCell {
     mode: Mode,
     config: BreakerConfig,
     failure_on: FailureSet,
-    breaker: Mutex<Breaker>,
+    breaker: Breaker,
     state_gauges: [IntGauge; 3],
     rejected: IntCounter,
     metrics: Metrics,
@@ -99,16 +100,10 @@ impl BreakerCell {
             failure_on,
             config: kept,
             rejected: metrics.circuit_rejected(upstream, route, mode.as_str()),
-            breaker: Mutex::new(breaker),
+            breaker,
             state_gauges,
             metrics: metrics.clone(),
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Breaker> {
-        // A panic elsewhere while holding the lock leaves a consistent state machine (every
-        // method updates it in one step), so a poisoned lock is still usable.
-        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Decides about one request.
@@ -130,16 +125,13 @@ impl BreakerCell {
     }
 
     fn decide(self: &Arc<Self>, now: Instant) -> Decision {
-        let (admission, transition, state) = {
-            let mut b = self.lock();
-            let (admission, transition) = b.admit(now);
-            (admission, transition, b.state())
-        };
+        let (admission, transition) = self.breaker.admit(now);
         if let Some(t) = transition {
             self.emit(&t);
         }
-        let half_open = state == StateName::HalfOpen;
+        let mut half_open = false;
         if let Admission::Reject { retry_after } = admission {
+            half_open = self.breaker.state() == StateName::HalfOpen;
             self.rejected.inc();
             if self.mode == Mode::Enforce {
                 return Decision {
@@ -161,7 +153,7 @@ impl BreakerCell {
 
     /// Applies the clock: an open breaker whose open period is over moves to half_open now.
     pub fn refresh(&self, now: Instant) {
-        let transition = self.lock().tick(now);
+        let transition = self.breaker.tick(now);
         if let Some(t) = transition {
             self.emit(&t);
         }
@@ -169,13 +161,11 @@ impl BreakerCell {
 
     /// Applies an admin action.
     pub fn force(&self, action: Force, now: Instant) {
-        let transition = {
-            let mut b = self.lock();
-            match action {
-                Force::Open => b.force_open(now),
-                Force::Close => b.force_close(now),
-                Force::Reset => b.reset(now),
-            }
+        let b = &self.breaker;
+        let transition = match action {
+            Force::Open => b.force_open(now),
+            Force::Close => b.force_close(now),
+            Force::Reset => b.reset(now),
         };
         if let Some(t) = transition {
             self.emit(&t);
@@ -185,9 +175,9 @@ impl BreakerCell {
     /// The breaker's state for the admin API (after applying the clock).
     pub fn describe(&self, now: Instant) -> serde_json::Value {
         self.refresh(now);
-        let b = self.lock();
+        let b = &self.breaker;
+        let (since, reason, _) = b.since();
         let half_open = b.state() == StateName::HalfOpen;
-        let (since, reason) = b.since();
         let totals = b.totals(now);
         serde_json::json!({
             "upstream": self.upstream,
@@ -225,7 +215,7 @@ impl BreakerCell {
     /// The current state (after applying the clock).
     pub fn state(&self) -> StateName {
         self.refresh(Instant::now());
-        self.lock().state()
+        self.breaker.state()
     }
 
     fn emit(&self, t: &Transition) {
@@ -265,7 +255,7 @@ impl BreakerCell {
                     let now = Instant::now();
                     cell.refresh(now);
                     // None: no longer open (or forced open); a later open starts its own timer.
-                    let Some(wait) = cell.lock().next_probe_in(now) else {
+                    let Some(wait) = cell.breaker.next_probe_in(now) else {
                         return;
                     };
                     wait
@@ -290,7 +280,7 @@ impl Permit {
     /// Records the outcome of the call this permit admitted.
     pub fn record(mut self, call: Call, now: Instant) {
         self.done = true;
-        let transition = self.cell.lock().record(self.admission, call, now);
+        let transition = self.cell.breaker.record(self.admission, call, now);
         if let Some(t) = transition {
             self.cell.emit(&t);
         }
@@ -300,7 +290,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.done && self.admission == Admission::Probe {
-            self.cell.lock().cancel_probe();
+            self.cell.breaker.cancel_probe();
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The dataplane side of outlier detection: a lock around the detector, per-endpoint metrics,
-//! and a timer that clears the ejected gauge when an ejection ends.
+//! The dataplane side of outlier detection: the shared detector (lock-free on the request path,
+//! see [`crate::policy::outlier`]), per-endpoint metrics, and a timer that clears the ejected
+//! gauge when an ejection ends.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
@@ -14,7 +15,7 @@ use crate::policy::outlier::{OutlierConfig, OutlierDetector};
 pub struct EjectionCell {
     upstream: String,
     addresses: Vec<String>,
-    detector: Mutex<OutlierDetector>,
+    detector: OutlierDetector,
     gauges: Vec<(IntGauge, IntCounter)>,
 }
 
@@ -32,29 +33,25 @@ impl EjectionCell {
             .collect();
         Arc::new(Self {
             upstream: upstream.to_owned(),
-            detector: Mutex::new(OutlierDetector::new(config, addresses.len())),
+            detector: OutlierDetector::new(config, addresses.len(), Instant::now()),
             addresses,
             gauges,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutlierDetector> {
-        self.detector.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Whether `endpoint` may receive traffic now.
     pub fn is_available(&self, endpoint: usize, now: Instant) -> bool {
-        self.lock().is_available(endpoint, now)
+        self.detector.is_available(endpoint, now)
     }
 
     /// When `endpoint`'s ejection ends, if ejected.
     pub fn ejected_until(&self, endpoint: usize, now: Instant) -> Option<Instant> {
-        self.lock().ejected_until(endpoint, now)
+        self.detector.ejected_until(endpoint, now)
     }
 
     /// Records one call at `endpoint`.
     pub fn record(self: &Arc<Self>, endpoint: usize, failure: bool, now: Instant) {
-        let Some(ejection) = self.lock().record(endpoint, failure, now) else {
+        let Some(ejection) = self.detector.record(endpoint, failure, now) else {
             return;
         };
         let address = self.addresses.get(endpoint).map_or("", String::as_str);
