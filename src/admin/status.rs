@@ -2,8 +2,9 @@
 //!
 //! Plain HTML with inline CSS, no external assets and no JavaScript; it refreshes itself every
 //! five seconds. Every route and upstream with its live request rate, error rate and p99 (over
-//! the last minute), breaker state with the reason of its last transition, endpoint health and
-//! ejections, rate-limit rejections and SLO budget bars.
+//! the last minute), breaker state with the reason of its last transition, when it opened and
+//! what tripped it, its last transitions (folded), endpoint health and ejections with their
+//! history, rate-limit rejections and SLO budget bars.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
@@ -136,17 +137,68 @@ fn breaker_cell(
     let Some(cell) = cell else {
         return "—".into();
     };
-    let d = cell.describe(now);
-    let state = d["state"].as_str().unwrap_or("");
-    let mode = if d["mode"] == "shadow" {
-        " (shadow)"
-    } else {
-        ""
-    };
-    format!(
+    let v = cell.view(now);
+    let state = v.state.as_str();
+    let mode = if v.mode == "shadow" { " (shadow)" } else { "" };
+    let mut h = format!(
         r#"<span class="state {state}">{state}</span>{mode}<div class="reason">{}</div>"#,
-        esc(d["reason"].as_str().unwrap_or(""))
-    )
+        esc(&v.reason)
+    );
+    if let Some(trip) = &v.trip {
+        let _ = write!(
+            h,
+            r#"<div class="reason">opened {} · tripped by {}: {}</div>"#,
+            esc(&trip.at),
+            trip.reason.as_str(),
+            esc(&trip.detail)
+        );
+    }
+    if !v.history.is_empty() {
+        let _ = write!(
+            h,
+            r#"<details><summary class="reason">last {} transition(s)</summary>"#,
+            v.history.len()
+        );
+        for t in v.history.iter().rev() {
+            let _ = write!(
+                h,
+                r#"<div class="reason">{} {} → {} {} ({} requests, {} failures, {} slow, {} in a row)</div>"#,
+                esc(&t.at),
+                t.from.as_str(),
+                t.to.as_str(),
+                t.reason.as_str(),
+                t.window.requests,
+                t.window.failures,
+                t.window.slow,
+                t.consecutive_failures
+            );
+        }
+        h.push_str("</details>");
+    }
+    h
+}
+
+/// The ejection history of an endpoint, newest first, folded.
+fn ejection_history(view: Option<&crate::dataplane::ejection::EndpointView>) -> String {
+    let Some(v) = view.filter(|v| !v.history.is_empty()) else {
+        return String::new();
+    };
+    let mut h = format!(
+        r#"<details><summary class="reason">ejected {} time(s)</summary>"#,
+        v.ejections
+    );
+    for e in v.history.iter().rev() {
+        let event = match e.event {
+            crate::dataplane::ejection::EjectionEvent::Ejected => format!(
+                "ejected for {:.0}s after {} failures in a row",
+                e.duration_seconds, e.consecutive_failures
+            ),
+            crate::dataplane::ejection::EjectionEvent::Returned => "returned".to_string(),
+        };
+        let _ = write!(h, r#"<div class="reason">{} {event}</div>"#, esc(&e.at));
+    }
+    h.push_str("</details>");
+    h
 }
 
 fn routes(h: &mut String, snapshot: &Snapshot, sampler: &Sampler, now: Instant) {
@@ -182,6 +234,7 @@ fn routes(h: &mut String, snapshot: &Snapshot, sampler: &Sampler, now: Instant) 
 fn upstreams(h: &mut String, snapshot: &Snapshot, now: Instant) {
     h.push_str("<h2>Upstreams</h2><table><tr><th>upstream</th><th>breaker</th><th>in flight</th><th>endpoints</th></tr>\n");
     for u in &snapshot.upstreams {
+        let ejections = u.ejection.as_ref().map(|x| x.describe(now));
         let mut endpoints = String::new();
         for (i, e) in u.endpoints.iter().enumerate() {
             let ejected = u.ejection.as_ref().and_then(|x| x.ejected_until(i, now));
@@ -203,6 +256,7 @@ fn upstreams(h: &mut String, snapshot: &Snapshot, now: Instant) {
                 e.load.in_flight(),
                 ms(e.load.ewma().as_secs_f64())
             );
+            endpoints.push_str(&ejection_history(ejections.as_ref().and_then(|x| x.get(i))));
         }
         let _ = writeln!(
             h,

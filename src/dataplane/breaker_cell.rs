@@ -1,5 +1,6 @@
-//! The dataplane side of a circuit breaker: a lock around the state machine, its metrics, its
-//! log lines, and a permit that cannot be forgotten.
+//! The dataplane side of a circuit breaker: the shared state machine (lock-free on the common
+//! path, see [`crate::policy::breaker`]), its metrics, its log lines, and a permit that cannot
+//! be forgotten.
 //!
 //! Every admitted request holds a [`Permit`]. Recording the outcome consumes it; if the request
 //! is dropped first (the client went away), the permit's `Drop` frees its half-open probe slot,
@@ -13,16 +14,27 @@
 //!
 //! The dataplane asks [`BreakerCell::check`], which names the refusal: `circuit_open`, or
 //! `circuit_half_open` when every probe slot is taken.
+//!
+//! History: the cell keeps the last [`HISTORY`] transitions (wall-clock time, from, to, cause,
+//! the window counts at that moment) and the transition that started the current open episode
+//! (the original trip, kept through half_open and re-opens until the breaker closes). It lives
+//! in the cell, so it survives a hot reload exactly as the breaker state does. The lock around
+//! it is taken on transitions and by the views only.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
+use std::time::SystemTime;
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{Gauge, IntCounter, IntGauge};
+use serde::Serialize;
 use tokio::time::Instant;
 
 use super::rescue::ProxyError;
 use crate::metrics::Metrics;
-use crate::policy::breaker::{Admission, Breaker, BreakerConfig, StateName, Transition};
+use crate::policy::breaker::{
+    Admission, Breaker, BreakerConfig, Cause, StateName, Totals, Transition,
+};
 use crate::policy::classify::{Call, FailureSet};
 use crate::policy::Mode;
 
@@ -36,12 +48,141 @@ pub struct BreakerCell {
     mode: Mode,
     config: BreakerConfig,
     failure_on: FailureSet,
-    breaker: Mutex<Breaker>,
+    breaker: Breaker,
     state_gauges: [IntGauge; 3],
     rejected: IntCounter,
+    opened_at: Gauge,
+    history: Mutex<History>,
     metrics: Metrics,
     /// Itself, for the timer that ends an open period.
     me: Weak<BreakerCell>,
+}
+
+/// Transitions kept per breaker.
+pub const HISTORY: usize = 16;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    at: SystemTime,
+    transition: Transition,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    /// Oldest first, at most [`HISTORY`].
+    entries: VecDeque<Entry>,
+    /// The closed -> open transition of the current open episode; `None` while closed.
+    trip: Option<Entry>,
+}
+
+/// A breaker as `/admin/circuits` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CircuitView {
+    /// Upstream name.
+    pub upstream: String,
+    /// Route name, "" for an upstream-level breaker.
+    pub route: String,
+    /// enforce or shadow.
+    pub mode: &'static str,
+    /// The state now.
+    pub state: StateName,
+    /// Since the last transition.
+    pub seconds_in_state: f64,
+    /// The last transition's reason in words.
+    pub reason: String,
+    /// The last transition's reason as a cause (`started` before any).
+    pub cause: Cause,
+    /// The sliding window now.
+    pub window: WindowView,
+    /// Failures in a row now.
+    pub consecutive_failures: u32,
+    /// Open: until the first probe; half_open: 0; else null.
+    pub seconds_until_half_open: Option<f64>,
+    /// RFC 3339 time the current open episode began (closed -> open); null while closed.
+    pub opened_at: Option<String>,
+    /// The transition that began the current open episode: the original trip reason.
+    pub trip: Option<TransitionView>,
+    /// The last transitions, oldest first.
+    pub history: Vec<TransitionView>,
+}
+
+/// The sliding window of a breaker.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowView {
+    /// Calls in the window.
+    pub requests: u32,
+    /// Of which failed.
+    pub failures: u32,
+    /// Of which were slow.
+    pub slow: u32,
+    /// failures / requests.
+    pub failure_rate: f64,
+    /// slow / requests.
+    pub slow_rate: f64,
+}
+
+/// Window counts at a transition.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Counts {
+    /// Calls in the window.
+    pub requests: u32,
+    /// Of which failed.
+    pub failures: u32,
+    /// Of which were slow.
+    pub slow: u32,
+}
+
+/// One past transition.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransitionView {
+    /// RFC 3339 wall-clock time, milliseconds.
+    pub at: String,
+    /// State before.
+    pub from: StateName,
+    /// State after.
+    pub to: StateName,
+    /// Why, from a bounded set.
+    pub reason: Cause,
+    /// Why, in words.
+    pub detail: String,
+    /// The window counts at that moment.
+    pub window: Counts,
+    /// Failures in a row at that moment.
+    pub consecutive_failures: u32,
+}
+
+impl From<&Entry> for TransitionView {
+    fn from(e: &Entry) -> Self {
+        let t = &e.transition;
+        Self {
+            at: rfc3339(e.at),
+            from: t.from,
+            to: t.to,
+            reason: t.cause,
+            detail: t.reason.clone(),
+            window: counts(t.totals),
+            consecutive_failures: t.consecutive_failures,
+        }
+    }
+}
+
+fn counts(t: Totals) -> Counts {
+    Counts {
+        requests: t.calls,
+        failures: t.failures,
+        slow: t.slow,
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Seconds since the Unix epoch (0 before it).
+pub fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The breaker's answer for one request.
@@ -99,16 +240,12 @@ impl BreakerCell {
             failure_on,
             config: kept,
             rejected: metrics.circuit_rejected(upstream, route, mode.as_str()),
-            breaker: Mutex::new(breaker),
+            breaker,
             state_gauges,
+            opened_at: metrics.circuit_opened_at(upstream, route),
+            history: Mutex::default(),
             metrics: metrics.clone(),
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Breaker> {
-        // A panic elsewhere while holding the lock leaves a consistent state machine (every
-        // method updates it in one step), so a poisoned lock is still usable.
-        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Decides about one request.
@@ -130,16 +267,13 @@ impl BreakerCell {
     }
 
     fn decide(self: &Arc<Self>, now: Instant) -> Decision {
-        let (admission, transition, state) = {
-            let mut b = self.lock();
-            let (admission, transition) = b.admit(now);
-            (admission, transition, b.state())
-        };
+        let (admission, transition) = self.breaker.admit(now);
         if let Some(t) = transition {
             self.emit(&t);
         }
-        let half_open = state == StateName::HalfOpen;
+        let mut half_open = false;
         if let Admission::Reject { retry_after } = admission {
+            half_open = self.breaker.state() == StateName::HalfOpen;
             self.rejected.inc();
             if self.mode == Mode::Enforce {
                 return Decision {
@@ -161,7 +295,7 @@ impl BreakerCell {
 
     /// Applies the clock: an open breaker whose open period is over moves to half_open now.
     pub fn refresh(&self, now: Instant) {
-        let transition = self.lock().tick(now);
+        let transition = self.breaker.tick(now);
         if let Some(t) = transition {
             self.emit(&t);
         }
@@ -169,13 +303,11 @@ impl BreakerCell {
 
     /// Applies an admin action.
     pub fn force(&self, action: Force, now: Instant) {
-        let transition = {
-            let mut b = self.lock();
-            match action {
-                Force::Open => b.force_open(now),
-                Force::Close => b.force_close(now),
-                Force::Reset => b.reset(now),
-            }
+        let b = &self.breaker;
+        let transition = match action {
+            Force::Open => b.force_open(now),
+            Force::Close => b.force_close(now),
+            Force::Reset => b.reset(now),
         };
         if let Some(t) = transition {
             self.emit(&t);
@@ -184,32 +316,53 @@ impl BreakerCell {
 
     /// The breaker's state for the admin API (after applying the clock).
     pub fn describe(&self, now: Instant) -> serde_json::Value {
+        serde_json::to_value(self.view(now)).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The breaker's state, its original trip and its history (after applying the clock).
+    pub fn view(&self, now: Instant) -> CircuitView {
         self.refresh(now);
-        let b = self.lock();
-        let half_open = b.state() == StateName::HalfOpen;
-        let (since, reason) = b.since();
+        let b = &self.breaker;
+        let (since, reason, cause) = b.since();
+        let state = b.state();
         let totals = b.totals(now);
-        serde_json::json!({
-            "upstream": self.upstream,
-            "route": self.route,
-            "mode": self.mode.as_str(),
-            "state": b.state().as_str(),
-            "seconds_in_state": now.saturating_duration_since(since).as_secs_f64(),
-            "reason": reason,
-            "window": {
-                "requests": totals.calls,
-                "failures": totals.failures,
-                "slow": totals.slow,
-                "failure_rate": totals.failure_rate(),
-                "slow_rate": totals.slow_rate(),
+        let (trip, history) = {
+            let h = self.history();
+            (
+                h.trip.as_ref().map(TransitionView::from),
+                h.entries.iter().map(TransitionView::from).collect(),
+            )
+        };
+        CircuitView {
+            upstream: self.upstream.clone(),
+            route: self.route.clone(),
+            mode: self.mode.as_str(),
+            state,
+            seconds_in_state: now.saturating_duration_since(since).as_secs_f64(),
+            reason,
+            cause,
+            window: WindowView {
+                requests: totals.calls,
+                failures: totals.failures,
+                slow: totals.slow,
+                failure_rate: totals.failure_rate(),
+                slow_rate: totals.slow_rate(),
             },
-            "consecutive_failures": b.consecutive_failures(),
-            "seconds_until_half_open": if half_open {
+            consecutive_failures: b.consecutive_failures(),
+            seconds_until_half_open: if state == StateName::HalfOpen {
                 Some(0.0)
             } else {
                 b.next_probe_in(now).map(|d| d.as_secs_f64())
             },
-        })
+            opened_at: trip.as_ref().map(|t: &TransitionView| t.at.clone()),
+            trip,
+            history,
+        }
+    }
+
+    fn history(&self) -> MutexGuard<'_, History> {
+        // Every update is one push (and pop) or one assignment: a poisoned lock is consistent.
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The breaker's config.
@@ -225,7 +378,7 @@ impl BreakerCell {
     /// The current state (after applying the clock).
     pub fn state(&self) -> StateName {
         self.refresh(Instant::now());
-        self.lock().state()
+        self.breaker.state()
     }
 
     fn emit(&self, t: &Transition) {
@@ -235,6 +388,7 @@ impl BreakerCell {
             mode = self.mode.as_str(),
             from = t.from.as_str(),
             to = t.to.as_str(),
+            cause = t.cause.as_str(),
             reason = %t.reason,
             "circuit breaker {}",
             t.to
@@ -242,6 +396,32 @@ impl BreakerCell {
         self.metrics
             .circuit_transitions(&self.upstream, &self.route, t.from.as_str(), t.to.as_str())
             .inc();
+        self.metrics
+            .circuit_transition_reasons(
+                &self.upstream,
+                &self.route,
+                t.from.as_str(),
+                t.to.as_str(),
+                t.cause.as_str(),
+            )
+            .inc();
+        let entry = Entry {
+            at: SystemTime::now(),
+            transition: t.clone(),
+        };
+        {
+            let mut h = self.history();
+            if t.to == StateName::Closed {
+                h.trip = None;
+            } else if t.from == StateName::Closed && t.to == StateName::Open {
+                self.opened_at.set(unix_seconds(entry.at));
+                h.trip = Some(entry.clone());
+            }
+            h.entries.push_back(entry);
+            while h.entries.len() > HISTORY {
+                h.entries.pop_front();
+            }
+        }
         for (gauge, state) in self.state_gauges.iter().zip(StateName::ALL) {
             gauge.set(i64::from(state == t.to));
         }
@@ -265,7 +445,7 @@ impl BreakerCell {
                     let now = Instant::now();
                     cell.refresh(now);
                     // None: no longer open (or forced open); a later open starts its own timer.
-                    let Some(wait) = cell.lock().next_probe_in(now) else {
+                    let Some(wait) = cell.breaker.next_probe_in(now) else {
                         return;
                     };
                     wait
@@ -290,7 +470,7 @@ impl Permit {
     /// Records the outcome of the call this permit admitted.
     pub fn record(mut self, call: Call, now: Instant) {
         self.done = true;
-        let transition = self.cell.lock().record(self.admission, call, now);
+        let transition = self.cell.breaker.record(self.admission, call, now);
         if let Some(t) = transition {
             self.cell.emit(&t);
         }
@@ -300,7 +480,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.done && self.admission == Admission::Probe {
-            self.cell.lock().cancel_probe();
+            self.cell.breaker.cancel_probe();
         }
     }
 }
@@ -384,5 +564,53 @@ mod tests {
         drop(cell);
         assert!(weak.upgrade().is_none());
         tokio::time::sleep(Duration::from_secs(20)).await;
+    }
+
+    /// The ring keeps the last HISTORY transitions, oldest first; the original trip and the
+    /// opened-at gauge stay through re-opens and clear (the trip) on close.
+    #[tokio::test(start_paused = true)]
+    async fn history_is_bounded_and_keeps_the_original_trip() {
+        let metrics = Metrics::new();
+        let cell = BreakerCell::new(config(), "pg", "", &metrics);
+        if let Ok(permit) = cell.check(Instant::now()) {
+            permit.record(fail(), Instant::now());
+        }
+        let view = cell.view(Instant::now());
+        let trip = view.trip.clone().expect("open: the trip is kept");
+        assert_eq!(
+            (trip.from, trip.to, trip.reason),
+            (
+                StateName::Closed,
+                StateName::Open,
+                Cause::ConsecutiveFailures
+            )
+        );
+        assert_eq!(view.opened_at.as_deref(), Some(trip.at.as_str()));
+        let opened_at = metrics.circuit_opened_at("pg", "").get();
+        assert!(opened_at > 1.0e9, "unix seconds: {opened_at}");
+        // Fail every probe: open -> half_open -> open, many times.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            if let Ok(probe) = cell.check(Instant::now()) {
+                probe.record(fail(), Instant::now());
+            }
+        }
+        let view = cell.view(Instant::now());
+        assert_eq!(view.history.len(), HISTORY);
+        let last = view.history.last().map(|t| (t.from, t.to, t.reason));
+        assert_eq!(
+            last,
+            Some((StateName::HalfOpen, StateName::Open, Cause::ProbeFailed))
+        );
+        assert_eq!(view.trip.map(|t| t.at), Some(trip.at), "the original trip");
+        assert_eq!(metrics.circuit_opened_at("pg", "").get(), opened_at);
+        let reasons = metrics
+            .circuit_transition_reasons("pg", "", "half_open", "open", "probe_failed")
+            .get();
+        assert_eq!(reasons, 10);
+        cell.force(Force::Close, Instant::now());
+        let view = cell.view(Instant::now());
+        assert!(view.trip.is_none() && view.opened_at.is_none());
+        assert_eq!(view.cause, Cause::ForcedClosed);
     }
 }

@@ -76,6 +76,8 @@ struct Families {
     circuit_state: IntGaugeVec,
     circuit_transitions: IntCounterVec,
     circuit_rejected: IntCounterVec,
+    circuit_transition_reasons: IntCounterVec,
+    circuit_opened_at: GaugeVec,
     endpoint_ejected: IntGaugeVec,
     endpoint_ejections: IntCounterVec,
     upstream_in_flight: IntGaugeVec,
@@ -176,6 +178,8 @@ impl Metrics {
             circuit_state: gauges(r, names::CIRCUIT_STATE, "Circuit breaker state, one-hot over closed, open, half_open.", &["upstream", "route", "state"]),
             circuit_transitions: counters(r, names::CIRCUIT_TRANSITIONS_TOTAL, "Circuit breaker state transitions.", &["upstream", "route", "from", "to"]),
             circuit_rejected: counters(r, names::CIRCUIT_REJECTED_TOTAL, "Requests rejected (enforce) or that would have been rejected (shadow) by a breaker.", &["upstream", "route", "mode"]),
+            circuit_transition_reasons: counters(r, names::CIRCUIT_TRANSITION_REASONS_TOTAL, "Circuit breaker state transitions by reason.", &["upstream", "route", "from", "to", "reason"]),
+            circuit_opened_at: float_gauges(r, names::CIRCUIT_OPENED_AT, "Unix time the breaker last opened from closed; 0 if it never opened.", &["upstream", "route"]),
             endpoint_ejected: gauges(r, names::ENDPOINT_EJECTED, "1 while outlier detection has the endpoint ejected.", &["upstream", "endpoint"]),
             endpoint_ejections: counters(r, names::ENDPOINT_EJECTIONS_TOTAL, "Outlier ejections per endpoint.", &["upstream", "endpoint"]),
             upstream_in_flight: gauges(r, names::UPSTREAM_IN_FLIGHT, "Requests in flight to the upstream.", &["upstream"]),
@@ -235,6 +239,27 @@ impl Metrics {
         self.0
             .circuit_transitions
             .with_label_values(&[upstream, route, from, to])
+    }
+
+    /// The transition counter of a breaker by reason.
+    pub fn circuit_transition_reasons(
+        &self,
+        upstream: &str,
+        route: &str,
+        from: &str,
+        to: &str,
+        reason: &str,
+    ) -> prometheus::IntCounter {
+        self.0
+            .circuit_transition_reasons
+            .with_label_values(&[upstream, route, from, to, reason])
+    }
+
+    /// The opened-at gauge of a breaker.
+    pub fn circuit_opened_at(&self, upstream: &str, route: &str) -> prometheus::Gauge {
+        self.0
+            .circuit_opened_at
+            .with_label_values(&[upstream, route])
     }
 
     /// The rejection counter of a breaker in a mode.

@@ -17,6 +17,14 @@ pub const REQUESTS_IN_FLIGHT: &str = "backstop_requests_in_flight";
 pub const CIRCUIT_STATE: &str = "backstop_circuit_state";
 /// Breaker transitions by upstream, route, from and to.
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "backstop_circuit_transitions_total";
+/// Breaker transitions by upstream, route, from, to and reason (a bounded snake_case set:
+/// consecutive_failures, failure_rate, slow_call_rate, probe_failed, probe_slow, probes_passed,
+/// open_period_elapsed, forced_open, forced_closed, reset). A separate family because
+/// `backstop_circuit_transitions_total` keeps its label set.
+pub const CIRCUIT_TRANSITION_REASONS_TOTAL: &str = "backstop_circuit_transition_reasons_total";
+/// Unix time a breaker last opened from closed (the start of its latest open episode); 0 if it
+/// never opened since the process started.
+pub const CIRCUIT_OPENED_AT: &str = "backstop_circuit_opened_at_timestamp_seconds";
 /// Requests a breaker rejected (enforce) or would have rejected (shadow).
 pub const CIRCUIT_REJECTED_TOTAL: &str = "backstop_circuit_rejected_total";
 /// 1 while an endpoint is ejected by outlier detection.

@@ -6,6 +6,14 @@
 //! at once: when a whole pool fails, the breaker (not ejection) is the tool that should act,
 //! and ejecting everything would leave nowhere to send even a probe.
 
+//!
+//! Lock-free on the request path: "may endpoint i receive traffic" is one atomic load (the end
+//! of its ejection, in nanoseconds since the detector started) and recording a call is atomic
+//! adds. Only the decision to eject, which must count the endpoints already out against
+//! `max_ejected`, takes a lock; it is rare.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,11 +31,13 @@ pub struct OutlierConfig {
     pub max_ejected: f64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct EndpointState {
-    consecutive: u32,
-    ejections: u32,
-    ejected_until: Option<Instant>,
+    consecutive: AtomicU32,
+    /// Written under the lock only.
+    ejections: AtomicU32,
+    /// End of the current or last ejection in nanoseconds since `epoch`; 0: never ejected.
+    ejected_until: AtomicU64,
 }
 
 /// An ejection that just happened.
@@ -39,30 +49,46 @@ pub struct Ejection {
     pub duration: Duration,
     /// How many times this endpoint has been ejected, this one included.
     pub count: u32,
+    /// Failures in a row that caused it.
+    pub consecutive_failures: u32,
 }
 
 /// The outlier state of one upstream's endpoints.
 #[derive(Debug)]
 pub struct OutlierDetector {
     config: OutlierConfig,
+    epoch: Instant,
     endpoints: Vec<EndpointState>,
+    /// Held while deciding an ejection, so that `max_ejected` holds under concurrency.
+    turn: Mutex<()>,
 }
 
 impl OutlierDetector {
-    /// No endpoint ejected.
-    pub fn new(config: OutlierConfig, endpoints: usize) -> Self {
+    /// No endpoint ejected; `now` is the start of its clock.
+    pub fn new(config: OutlierConfig, endpoints: usize, now: Instant) -> Self {
         Self {
             config,
-            endpoints: vec![EndpointState::default(); endpoints],
+            epoch: now,
+            endpoints: (0..endpoints).map(|_| EndpointState::default()).collect(),
+            turn: Mutex::new(()),
         }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        let n = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(n).unwrap_or(u64::MAX)
+    }
+
+    fn until(&self, endpoint: usize) -> u64 {
+        self.endpoints
+            .get(endpoint)
+            .map_or(0, |e| e.ejected_until.load(Ordering::Acquire))
     }
 
     /// Whether `endpoint` may receive traffic at `now`.
     pub fn is_available(&self, endpoint: usize, now: Instant) -> bool {
-        self.endpoints
-            .get(endpoint)
-            .and_then(|e| e.ejected_until)
-            .is_none_or(|until| now >= until)
+        let until = self.until(endpoint);
+        until == 0 || self.nanos(now) >= until
     }
 
     /// Endpoints ejected at `now`.
@@ -74,10 +100,15 @@ impl OutlierDetector {
 
     /// When `endpoint`'s ejection ends, if it is ejected at `now`.
     pub fn ejected_until(&self, endpoint: usize, now: Instant) -> Option<Instant> {
+        (!self.is_available(endpoint, now))
+            .then(|| self.epoch + Duration::from_nanos(self.until(endpoint)))
+    }
+
+    /// Times `endpoint` has been ejected.
+    pub fn ejections(&self, endpoint: usize) -> u32 {
         self.endpoints
-            .get(endpoint)?
-            .ejected_until
-            .filter(|&u| u > now)
+            .get(endpoint)
+            .map_or(0, |e| e.ejections.load(Ordering::Relaxed))
     }
 
     /// Most endpoints that may be out at once.
@@ -86,32 +117,43 @@ impl OutlierDetector {
     }
 
     /// Records one call's outcome at `endpoint`; returns the ejection it caused, if any.
-    pub fn record(&mut self, endpoint: usize, failure: bool, now: Instant) -> Option<Ejection> {
-        let ejected_now = self.ejected(now).len();
-        let cap = self.cap();
-        let config = self.config.clone();
-        let e = self.endpoints.get_mut(endpoint)?;
+    pub fn record(&self, endpoint: usize, failure: bool, now: Instant) -> Option<Ejection> {
+        let e = self.endpoints.get(endpoint)?;
         if !failure {
-            e.consecutive = 0;
+            if e.consecutive.load(Ordering::Relaxed) != 0 {
+                e.consecutive.store(0, Ordering::Relaxed);
+            }
             return None;
         }
-        e.consecutive += 1;
-        let already_out = e.ejected_until.is_some_and(|u| u > now);
-        if e.consecutive < config.consecutive_failures || already_out || ejected_now >= cap {
+        let consecutive = e.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if consecutive < self.config.consecutive_failures || !self.is_available(endpoint, now) {
             return None;
         }
-        e.ejections += 1;
-        e.consecutive = 0;
-        let duration = config
+        let _turn = self.lock();
+        // Decided again under the lock: another call may have ejected it, or another endpoint.
+        if !self.is_available(endpoint, now) || self.ejected(now).len() >= self.cap() {
+            return None;
+        }
+        let consecutive_failures = e.consecutive.swap(0, Ordering::Relaxed).max(consecutive);
+        let count = e.ejections.load(Ordering::Relaxed) + 1;
+        e.ejections.store(count, Ordering::Relaxed);
+        let duration = self
+            .config
             .base_ejection
-            .saturating_mul(e.ejections)
-            .min(config.max_ejection);
-        e.ejected_until = Some(now + duration);
+            .saturating_mul(count)
+            .min(self.config.max_ejection);
+        let until = self.nanos(now + duration).max(1);
+        e.ejected_until.store(until, Ordering::Release);
         Some(Ejection {
             endpoint,
             duration,
-            count: e.ejections,
+            count,
+            consecutive_failures,
         })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.turn.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -130,13 +172,14 @@ mod tests {
                 max_ejected,
             },
             n,
+            Instant::now(),
         )
     }
 
     #[test]
     fn ejects_after_consecutive_failures_and_returns_after_the_ejection() {
         let t0 = Instant::now();
-        let mut d = detector(3, 0.5);
+        let d = detector(3, 0.5);
         assert_eq!(d.record(0, true, t0), None);
         assert_eq!(d.record(0, true, t0), None);
         let e = d.record(0, true, t0).unwrap();
@@ -145,7 +188,8 @@ mod tests {
             Ejection {
                 endpoint: 0,
                 duration: 30 * S,
-                count: 1
+                count: 1,
+                consecutive_failures: 3
             }
         );
         assert!(!d.is_available(0, t0 + 29 * S));
@@ -155,7 +199,7 @@ mod tests {
     #[test]
     fn a_success_resets_the_count() {
         let t0 = Instant::now();
-        let mut d = detector(3, 0.5);
+        let d = detector(3, 0.5);
         d.record(0, true, t0);
         d.record(0, true, t0);
         d.record(0, false, t0);
@@ -166,7 +210,7 @@ mod tests {
     #[test]
     fn repeated_ejections_grow_and_are_capped() {
         let t0 = Instant::now();
-        let mut d = OutlierDetector::new(
+        let d = OutlierDetector::new(
             OutlierConfig {
                 consecutive_failures: 1,
                 base_ejection: 30 * S,
@@ -174,6 +218,7 @@ mod tests {
                 max_ejected: 1.0,
             },
             1,
+            t0,
         );
         let mut now = t0;
         let mut lengths = Vec::new();
@@ -188,14 +233,14 @@ mod tests {
     #[test]
     fn never_ejects_more_than_max_ejected() {
         let t0 = Instant::now();
-        let mut d = detector(4, 0.5);
+        let d = detector(4, 0.5);
         for endpoint in 0..4 {
             for _ in 0..3 {
                 d.record(endpoint, true, t0);
             }
         }
         assert_eq!(d.ejected(t0), vec![0, 1], "half of four endpoints at most");
-        let mut one = detector(1, 0.5);
+        let one = detector(1, 0.5);
         for _ in 0..5 {
             assert_eq!(
                 one.record(0, true, t0),
@@ -203,5 +248,26 @@ mod tests {
                 "50% of one endpoint is zero endpoints"
             );
         }
+    }
+
+    /// Failures recorded from many threads at once: `max_ejected` holds exactly and every
+    /// ejection is reported once.
+    #[test]
+    fn concurrent_failures_never_eject_more_than_max_ejected() {
+        let t0 = Instant::now();
+        let d = std::sync::Arc::new(detector(8, 0.5));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    (0..2_000)
+                        .filter_map(|n| d.record((i + n) % 8, true, t0))
+                        .count()
+                })
+            })
+            .collect();
+        let ejections: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(d.ejected(t0).len(), 4, "half of eight endpoints");
+        assert_eq!(ejections, 4, "each ejection reported once");
     }
 }

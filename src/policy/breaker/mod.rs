@@ -19,8 +19,16 @@
 //! - `slow_call`: the share of calls slower than `duration` reaches the threshold, likewise.
 //!
 //! This is a plain state machine: `now` is passed in, there is no I/O and no timer. The
-//! dataplane holds it behind a lock, turns [`Admission`]s into responses and [`Transition`]s
-//! into log lines and metrics.
+//! dataplane shares it between requests, turns [`Admission`]s into responses and
+//! [`Transition`]s into log lines, metrics and history.
+//!
+//! # No lock on the common path
+//! The state lives in one atomic word (the state in its low bits; when open, the end of the
+//! open period in nanoseconds since the breaker started above them). Closed, `admit` is one
+//! atomic load; open within its period, it is one load and a subtraction. Closed, `record` is
+//! atomic adds: the consecutive-failure count and the window buckets (see [`Window`]). A lock is
+//! taken only to change state (closed -> open, the half-open probes, admin actions), which is
+//! rare, and by the views.
 
 mod window;
 
@@ -28,8 +36,11 @@ mod window;
 mod tests;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::time::Instant;
 
 pub use window::{Totals, Window};
@@ -72,7 +83,8 @@ pub struct BreakerConfig {
 }
 
 /// The three states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StateName {
     /// Traffic flows.
     Closed,
@@ -102,6 +114,74 @@ impl fmt::Display for StateName {
     }
 }
 
+/// Why a breaker changed state: a bounded set, fit for a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The breaker was created (its state before any transition).
+    Started,
+    /// `consecutive_failures` failures in a row.
+    ConsecutiveFailures,
+    /// The failure share over the window reached the threshold.
+    FailureRate,
+    /// The slow share over the window reached the threshold.
+    SlowCallRate,
+    /// A half-open probe failed.
+    ProbeFailed,
+    /// A half-open probe succeeded but was slow.
+    ProbeSlow,
+    /// Every half-open probe succeeded.
+    ProbesPassed,
+    /// The open period ended: probing starts.
+    OpenPeriodElapsed,
+    /// Forced open through the admin API.
+    ForcedOpen,
+    /// Forced closed through the admin API.
+    ForcedClosed,
+    /// Reset through the admin API.
+    Reset,
+}
+
+impl Cause {
+    /// Every cause, in declaration order.
+    pub const ALL: [Cause; 11] = [
+        Cause::Started,
+        Cause::ConsecutiveFailures,
+        Cause::FailureRate,
+        Cause::SlowCallRate,
+        Cause::ProbeFailed,
+        Cause::ProbeSlow,
+        Cause::ProbesPassed,
+        Cause::OpenPeriodElapsed,
+        Cause::ForcedOpen,
+        Cause::ForcedClosed,
+        Cause::Reset,
+    ];
+
+    /// The label value (snake_case, as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Started => "started",
+            Cause::ConsecutiveFailures => "consecutive_failures",
+            Cause::FailureRate => "failure_rate",
+            Cause::SlowCallRate => "slow_call_rate",
+            Cause::ProbeFailed => "probe_failed",
+            Cause::ProbeSlow => "probe_slow",
+            Cause::ProbesPassed => "probes_passed",
+            Cause::OpenPeriodElapsed => "open_period_elapsed",
+            Cause::ForcedOpen => "forced_open",
+            Cause::ForcedClosed => "forced_closed",
+            Cause::Reset => "reset",
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What to do with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -125,6 +205,12 @@ pub struct Transition {
     pub to: StateName,
     /// Why, e.g. `failure_rate 62% >= 50% over 30s, 41 requests`.
     pub reason: String,
+    /// Why, as one of a bounded set.
+    pub cause: Cause,
+    /// The window totals at the moment of the transition (before a close clears them).
+    pub totals: Totals,
+    /// Failures in a row at the moment of the transition.
+    pub consecutive_failures: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,19 +220,36 @@ enum State {
     HalfOpen { in_flight: u32, succeeded: u32 },
 }
 
+/// The state word: the state in the low two bits; open, the end of the open period in
+/// nanoseconds since `epoch` above them ([`FOREVER`] when forced open).
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const STATE_BITS: u64 = 3;
+const FOREVER: u64 = u64::MAX >> 2;
+
+/// What changes only under the lock.
+#[derive(Debug)]
+struct Slow {
+    state: State,
+    since: Instant,
+    reason: String,
+    cause: Cause,
+    /// Opens since the last close: drives the back-off of the open period.
+    reopens: u32,
+    rng: u64,
+}
+
 /// One breaker's state. See the module docs.
 #[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
-    state: State,
-    since: Instant,
-    reason: String,
-    consecutive: u32,
+    epoch: Instant,
+    word: AtomicU64,
+    consecutive: AtomicU32,
     failures: Option<Window>,
     slow: Option<Window>,
-    /// Opens since the last close: drives the back-off of the open period.
-    reopens: u32,
-    rng: u64,
+    locked: Mutex<Slow>,
 }
 
 impl Breaker {
@@ -162,15 +265,47 @@ impl Breaker {
             .map(|c| Window::new(c.window, now));
         Self {
             config,
-            state: State::Closed,
-            since: now,
-            reason: "started".into(),
-            consecutive: 0,
+            epoch: now,
+            word: AtomicU64::new(CLOSED),
+            consecutive: AtomicU32::new(0),
             failures,
             slow,
-            reopens: 0,
-            rng: splitmix64(seed) | 1,
+            locked: Mutex::new(Slow {
+                state: State::Closed,
+                since: now,
+                reason: "started".into(),
+                cause: Cause::Started,
+                reopens: 0,
+                rng: splitmix64(seed) | 1,
+            }),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slow> {
+        // Every method updates the locked part in one step, so a poisoned lock (a panic
+        // elsewhere while holding it) still holds a consistent state machine.
+        self.locked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        let n = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(n).unwrap_or(u64::MAX).min(FOREVER - 1)
+    }
+
+    /// The state word for `state`; see [`FOREVER`].
+    fn word_of(&self, state: &State) -> u64 {
+        match *state {
+            State::Closed => CLOSED,
+            State::Open { forced: true, .. } => (FOREVER << 2) | OPEN,
+            State::Open { until, .. } => (self.nanos(until) << 2) | OPEN,
+            State::HalfOpen { .. } => HALF_OPEN,
+        }
+    }
+
+    /// (state, end of the open period in nanoseconds) from the word.
+    fn load(&self) -> (u64, u64) {
+        let w = self.word.load(Ordering::Acquire);
+        (w & STATE_BITS, w >> 2)
     }
 
     /// The config it runs.
@@ -180,21 +315,22 @@ impl Breaker {
 
     /// The current state.
     pub fn state(&self) -> StateName {
-        match self.state {
-            State::Closed => StateName::Closed,
-            State::Open { .. } => StateName::Open,
-            State::HalfOpen { .. } => StateName::HalfOpen,
+        match self.load().0 {
+            CLOSED => StateName::Closed,
+            OPEN => StateName::Open,
+            _ => StateName::HalfOpen,
         }
     }
 
-    /// When the current state began and why.
-    pub fn since(&self) -> (Instant, &str) {
-        (self.since, &self.reason)
+    /// When the current state began, why, and why as a [`Cause`].
+    pub fn since(&self) -> (Instant, String, Cause) {
+        let s = self.lock();
+        (s.since, s.reason.clone(), s.cause)
     }
 
     /// Failures in a row so far.
     pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive
+        self.consecutive.load(Ordering::Relaxed)
     }
 
     /// Window totals at `now` (failure window, else slow window).
@@ -209,11 +345,10 @@ impl Breaker {
     /// Time until the next half-open probe when open (zero if due; `None` when not open or
     /// forced open).
     pub fn next_probe_in(&self, now: Instant) -> Option<Duration> {
-        match self.state {
-            State::Open {
-                until,
-                forced: false,
-            } => Some(until.saturating_duration_since(now)),
+        match self.load() {
+            (OPEN, until) if until != FOREVER => {
+                Some(Duration::from_nanos(until.saturating_sub(self.nanos(now))))
+            }
             _ => None,
         }
     }
@@ -221,46 +356,66 @@ impl Breaker {
     /// The state at `now`: an open breaker whose open period is over is already half_open,
     /// even before [`Breaker::tick`] or a request moved it.
     pub fn state_at(&self, now: Instant) -> StateName {
-        match self.state {
-            State::Open {
-                until,
-                forced: false,
-            } if now >= until => StateName::HalfOpen,
+        match self.load() {
+            (OPEN, until) if until != FOREVER && self.nanos(now) >= until => StateName::HalfOpen,
             _ => self.state(),
         }
     }
 
     /// Moves open -> half_open when the open period is over at `now`, with no request needed;
     /// every probe slot is still free. Returns the transition, if any.
-    pub fn tick(&mut self, now: Instant) -> Option<Transition> {
-        match self.state {
+    pub fn tick(&self, now: Instant) -> Option<Transition> {
+        if self.state_at(now) != StateName::HalfOpen || self.state() != StateName::Open {
+            return None;
+        }
+        let mut s = self.lock();
+        match s.state {
             State::Open {
                 until,
                 forced: false,
-            } if now >= until => Some(self.half_open(now, 0)),
+            } if now >= until => Some(self.half_open(&mut s, now, 0)),
             _ => None,
         }
     }
 
-    fn half_open(&mut self, now: Instant, in_flight: u32) -> Transition {
-        let open_for = now.saturating_duration_since(self.since);
+    fn half_open(&self, s: &mut Slow, now: Instant, in_flight: u32) -> Transition {
+        let open_for = now.saturating_duration_since(s.since);
+        let reason = format!(
+            "open for {}; probing with {} request(s)",
+            human(open_for),
+            self.config.half_open_requests
+        );
         self.go(
+            s,
             State::HalfOpen {
                 in_flight,
                 succeeded: 0,
             },
             now,
-            format!(
-                "open for {}; probing with {} request(s)",
-                human(open_for),
-                self.config.half_open_requests
-            ),
+            reason,
+            Cause::OpenPeriodElapsed,
         )
     }
 
     /// Decides about one request at `now`. May move open -> half_open.
-    pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
-        match self.state {
+    pub fn admit(&self, now: Instant) -> (Admission, Option<Transition>) {
+        match self.load() {
+            (CLOSED, _) => return (Admission::Allow, None),
+            (OPEN, FOREVER) => {
+                let retry_after = self.config.open_for;
+                return (Admission::Reject { retry_after }, None);
+            }
+            (OPEN, until) => {
+                let at = self.nanos(now);
+                if at < until {
+                    let retry_after = Duration::from_nanos(until - at);
+                    return (Admission::Reject { retry_after }, None);
+                }
+            }
+            _ => {}
+        }
+        let mut s = self.lock();
+        match s.state {
             State::Closed => (Admission::Allow, None),
             State::Open { until, forced } => {
                 if forced || now < until {
@@ -271,7 +426,7 @@ impl Breaker {
                     };
                     return (Admission::Reject { retry_after }, None);
                 }
-                let t = self.half_open(now, 1);
+                let t = self.half_open(&mut s, now, 1);
                 (Admission::Probe, Some(t))
             }
             State::HalfOpen {
@@ -279,7 +434,7 @@ impl Breaker {
                 succeeded,
             } => {
                 if in_flight + succeeded < self.config.half_open_requests {
-                    self.state = State::HalfOpen {
+                    s.state = State::HalfOpen {
                         in_flight: in_flight + 1,
                         succeeded,
                     };
@@ -298,49 +453,65 @@ impl Breaker {
     }
 
     /// Records the outcome of a call admitted as `admission`. Returns the transition, if any.
-    pub fn record(&mut self, admission: Admission, call: Call, now: Instant) -> Option<Transition> {
+    pub fn record(&self, admission: Admission, call: Call, now: Instant) -> Option<Transition> {
         let failure = self.config.failure_on.is_failure(call.result);
         let slow = self
             .config
             .slow_call_duration
             .is_some_and(|d| call.elapsed >= d);
-        match (self.state, admission) {
-            (State::Closed, Admission::Allow) => self.record_closed(failure, slow, now),
-            (
-                State::HalfOpen {
-                    in_flight,
-                    succeeded,
-                },
-                Admission::Probe,
-            ) => {
-                if failure || slow {
-                    let what = if failure { "failed" } else { "was slow" };
-                    let reason = format!("probe {what} ({})", describe(call));
-                    Some(self.open(now, reason))
-                } else if succeeded + 1 >= self.config.half_open_requests {
-                    let n = succeeded + 1;
-                    Some(self.close(now, format!("{n} of {n} probe(s) succeeded")))
-                } else {
-                    self.state = State::HalfOpen {
-                        in_flight: in_flight.saturating_sub(1),
-                        succeeded: succeeded + 1,
-                    };
-                    None
-                }
-            }
-            // A call admitted in an earlier state finished late: it says nothing about now.
-            _ => None,
+        match admission {
+            Admission::Allow => self.record_closed(failure, slow, now),
+            Admission::Probe => self.record_probe(failure, slow, call, now),
+            Admission::Reject { .. } => None,
+        }
+    }
+
+    fn record_probe(
+        &self,
+        failure: bool,
+        slow: bool,
+        call: Call,
+        now: Instant,
+    ) -> Option<Transition> {
+        let mut s = self.lock();
+        let State::HalfOpen {
+            in_flight,
+            succeeded,
+        } = s.state
+        else {
+            // A probe admitted in an earlier half-open period finished late.
+            return None;
+        };
+        if failure || slow {
+            let (what, cause) = if failure {
+                ("failed", Cause::ProbeFailed)
+            } else {
+                ("was slow", Cause::ProbeSlow)
+            };
+            let reason = format!("probe {what} ({})", describe(call));
+            Some(self.open(&mut s, now, reason, cause))
+        } else if succeeded + 1 >= self.config.half_open_requests {
+            let n = succeeded + 1;
+            let reason = format!("{n} of {n} probe(s) succeeded");
+            Some(self.close(&mut s, now, reason, Cause::ProbesPassed))
+        } else {
+            s.state = State::HalfOpen {
+                in_flight: in_flight.saturating_sub(1),
+                succeeded: succeeded + 1,
+            };
+            None
         }
     }
 
     /// A probe that was admitted but never completed (the client went away).
-    pub fn cancel_probe(&mut self) {
+    pub fn cancel_probe(&self) {
+        let mut s = self.lock();
         if let State::HalfOpen {
             in_flight,
             succeeded,
-        } = self.state
+        } = s.state
         {
-            self.state = State::HalfOpen {
+            s.state = State::HalfOpen {
                 in_flight: in_flight.saturating_sub(1),
                 succeeded,
             };
@@ -348,53 +519,74 @@ impl Breaker {
     }
 
     /// Opens and stays open until [`Breaker::force_close`] or [`Breaker::reset`] (incidents).
-    pub fn force_open(&mut self, now: Instant) -> Option<Transition> {
-        let from = self.state();
-        self.state = State::Open {
-            until: now,
-            forced: true,
-        };
-        self.since = now;
-        self.reason = "forced open by admin".into();
-        (from != StateName::Open).then(|| Transition {
-            from,
-            to: StateName::Open,
-            reason: self.reason.clone(),
-        })
+    pub fn force_open(&self, now: Instant) -> Option<Transition> {
+        let mut s = self.lock();
+        let was_open = matches!(s.state, State::Open { .. });
+        let t = self.go(
+            &mut s,
+            State::Open {
+                until: now,
+                forced: true,
+            },
+            now,
+            "forced open by admin".into(),
+            Cause::ForcedOpen,
+        );
+        (!was_open).then_some(t)
     }
 
     /// Closes now, keeping the back-off memory of earlier opens.
-    pub fn force_close(&mut self, now: Instant) -> Option<Transition> {
-        let from = self.state();
-        let reopens = self.reopens;
-        let t = self.close(now, "forced closed by admin".into());
-        self.reopens = reopens;
-        (from != StateName::Closed).then_some(t)
+    pub fn force_close(&self, now: Instant) -> Option<Transition> {
+        let mut s = self.lock();
+        let was_closed = s.state == State::Closed;
+        let reopens = s.reopens;
+        let t = self.close(
+            &mut s,
+            now,
+            "forced closed by admin".into(),
+            Cause::ForcedClosed,
+        );
+        s.reopens = reopens;
+        (!was_closed).then_some(t)
     }
 
     /// Closes now and forgets everything: windows, counters, back-off.
-    pub fn reset(&mut self, now: Instant) -> Option<Transition> {
-        let from = self.state();
-        let t = self.close(now, "reset by admin".into());
-        (from != StateName::Closed).then_some(t)
+    pub fn reset(&self, now: Instant) -> Option<Transition> {
+        let mut s = self.lock();
+        let was_closed = s.state == State::Closed;
+        let t = self.close(&mut s, now, "reset by admin".into(), Cause::Reset);
+        (!was_closed).then_some(t)
     }
 
-    fn record_closed(&mut self, failure: bool, slow: bool, now: Instant) -> Option<Transition> {
-        self.consecutive = if failure { self.consecutive + 1 } else { 0 };
-        if let Some(w) = &mut self.failures {
+    /// Closed: counts the call with atomics and, only when an opening condition holds, takes
+    /// the lock to open. A call admitted in an earlier state that finished late says nothing
+    /// about now.
+    fn record_closed(&self, failure: bool, slow: bool, now: Instant) -> Option<Transition> {
+        if self.load().0 != CLOSED {
+            return None;
+        }
+        let consecutive = if failure {
+            self.consecutive.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            if self.consecutive.load(Ordering::Relaxed) != 0 {
+                self.consecutive.store(0, Ordering::Relaxed);
+            }
+            0
+        };
+        for w in [&self.failures, &self.slow].into_iter().flatten() {
             w.record(failure, slow, now);
         }
-        if let Some(w) = &mut self.slow {
-            w.record(failure, slow, now);
-        }
-        let reason = self.opening_reason(now)?;
-        Some(self.open(now, reason))
+        let (reason, cause) = self.opening_reason(consecutive, now)?;
+        let mut s = self.lock();
+        // Another call may have opened it meanwhile: one transition only.
+        (s.state == State::Closed).then(|| self.open(&mut s, now, reason, cause))
     }
 
-    fn opening_reason(&self, now: Instant) -> Option<String> {
+    fn opening_reason(&self, consecutive: u32, now: Instant) -> Option<(String, Cause)> {
         if let Some(n) = self.config.consecutive_failures {
-            if self.consecutive >= n {
-                return Some(format!("consecutive_failures {} >= {n}", self.consecutive));
+            if consecutive >= n {
+                let reason = format!("consecutive_failures {consecutive} >= {n}");
+                return Some((reason, Cause::ConsecutiveFailures));
             }
         }
         let over = |name: &str, window: &Window, cond: &RateCondition, rate: fn(&Totals) -> f64| {
@@ -412,70 +604,89 @@ impl Breaker {
         };
         if let (Some(w), Some(c)) = (&self.failures, &self.config.failure_rate) {
             if let Some(reason) = over("failure_rate", w, c, Totals::failure_rate) {
-                return Some(reason);
+                return Some((reason, Cause::FailureRate));
             }
         }
         if let (Some(w), Some(c)) = (&self.slow, &self.config.slow_call_rate) {
             if let Some(reason) = over("slow_call_rate", w, c, Totals::slow_rate) {
-                return Some(reason);
+                return Some((reason, Cause::SlowCallRate));
             }
         }
         None
     }
 
-    fn open(&mut self, now: Instant, reason: String) -> Transition {
-        let period = self.open_period();
-        self.reopens += 1;
+    fn open(&self, s: &mut Slow, now: Instant, reason: String, cause: Cause) -> Transition {
+        let period = open_period(&self.config, s);
+        s.reopens += 1;
         self.go(
+            s,
             State::Open {
                 until: now + period,
                 forced: false,
             },
             now,
             format!("{reason}; open for {}", human(period)),
+            cause,
         )
     }
 
-    fn close(&mut self, now: Instant, reason: String) -> Transition {
-        self.consecutive = 0;
-        self.reopens = 0;
-        for w in [&mut self.failures, &mut self.slow].into_iter().flatten() {
-            w.clear();
-        }
-        self.go(State::Closed, now, reason)
+    fn close(&self, s: &mut Slow, now: Instant, reason: String, cause: Cause) -> Transition {
+        let t = self.go(s, State::Closed, now, reason, cause);
+        s.reopens = 0;
+        t
     }
 
-    /// open_for x 2^reopens, capped at max_open_for, then jittered by up to -10%..+10% (still
-    /// capped), so replicas that opened together do not probe together.
-    fn open_period(&mut self) -> Duration {
-        let doubled = self
-            .config
-            .open_for
-            .saturating_mul(1u32 << self.reopens.min(20));
-        let base = doubled.min(self.config.max_open_for);
-        let jitter = 0.9 + 0.2 * self.next_unit();
-        base.mul_f64(jitter).min(self.config.max_open_for)
-    }
-
-    fn next_unit(&mut self) -> f64 {
-        // xorshift64: deterministic for a seed, good enough for jitter.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn go(&mut self, to: State, now: Instant, reason: String) -> Transition {
+    /// Moves to `to` under the lock and publishes the state word. Entering closed, the
+    /// counters are cleared first (after the transition took their totals), so the first
+    /// calls counted are those after the close.
+    fn go(
+        &self,
+        s: &mut Slow,
+        to: State,
+        now: Instant,
+        reason: String,
+        cause: Cause,
+    ) -> Transition {
         let from = self.state();
-        self.state = to;
-        self.since = now;
-        self.reason = reason.clone();
+        let totals = self.totals(now);
+        let consecutive_failures = self.consecutive_failures();
+        if to == State::Closed {
+            self.consecutive.store(0, Ordering::Relaxed);
+            for w in [&self.failures, &self.slow].into_iter().flatten() {
+                w.clear();
+            }
+        }
+        s.state = to;
+        s.since = now;
+        s.reason = reason.clone();
+        s.cause = cause;
+        self.word.store(self.word_of(&to), Ordering::Release);
         Transition {
             from,
             to: self.state(),
             reason,
+            cause,
+            totals,
+            consecutive_failures,
         }
     }
+}
+
+/// open_for x 2^reopens, capped at max_open_for, then jittered by up to -10%..+10% (still
+/// capped), so replicas that opened together do not probe together.
+fn open_period(config: &BreakerConfig, s: &mut Slow) -> Duration {
+    let doubled = config.open_for.saturating_mul(1u32 << s.reopens.min(20));
+    let base = doubled.min(config.max_open_for);
+    let jitter = 0.9 + 0.2 * next_unit(&mut s.rng);
+    base.mul_f64(jitter).min(config.max_open_for)
+}
+
+fn next_unit(rng: &mut u64) -> f64 {
+    // xorshift64: deterministic for a seed, good enough for jitter.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    (*rng >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Spreads a seed over all 64 bits so that nearby seeds give unrelated jitter.

@@ -46,7 +46,7 @@ fn fail() -> Call {
 }
 
 /// Sends one call through admit + record.
-fn call(b: &mut Breaker, c: Call, now: Instant) -> (Admission, Option<Transition>) {
+fn call(b: &Breaker, c: Call, now: Instant) -> (Admission, Option<Transition>) {
     let (a, t1) = b.admit(now);
     let t2 = match a {
         Admission::Reject { .. } => None,
@@ -63,14 +63,14 @@ fn about(d: Duration, expected: Duration) -> bool {
 #[test]
 fn consecutive_failures_open_and_a_success_resets_the_count() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(consecutive(3), t0, 7);
-    call(&mut b, fail(), t0);
-    call(&mut b, fail(), t0);
-    call(&mut b, ok(), t0);
-    call(&mut b, fail(), t0);
-    assert_eq!(call(&mut b, fail(), t0).1, None);
+    let b = Breaker::new(consecutive(3), t0, 7);
+    call(&b, fail(), t0);
+    call(&b, fail(), t0);
+    call(&b, ok(), t0);
+    call(&b, fail(), t0);
+    assert_eq!(call(&b, fail(), t0).1, None);
     assert_eq!(b.state(), StateName::Closed);
-    let (_, t) = call(&mut b, fail(), t0);
+    let (_, t) = call(&b, fail(), t0);
     let t = t.expect("third failure in a row opens");
     assert_eq!((t.from, t.to), (StateName::Closed, StateName::Open));
     assert!(
@@ -84,8 +84,8 @@ fn consecutive_failures_open_and_a_success_resets_the_count() {
 #[test]
 fn open_rejects_with_retry_after_then_half_opens() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(consecutive(1), t0, 7);
-    call(&mut b, fail(), t0);
+    let b = Breaker::new(consecutive(1), t0, 7);
+    call(&b, fail(), t0);
     let (a, _) = b.admit(t0 + S);
     let Admission::Reject { retry_after } = a else {
         panic!("open rejects: {a:?}")
@@ -101,8 +101,8 @@ fn open_rejects_with_retry_after_then_half_opens() {
 #[test]
 fn half_open_admits_exactly_n_probes() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(consecutive(1), t0, 7);
-    call(&mut b, fail(), t0);
+    let b = Breaker::new(consecutive(1), t0, 7);
+    call(&b, fail(), t0);
     let later = t0 + 20 * S;
     let admissions: Vec<Admission> = (0..5).map(|_| b.admit(later).0).collect();
     assert_eq!(&admissions[..3], &[Admission::Probe; 3]);
@@ -113,8 +113,8 @@ fn half_open_admits_exactly_n_probes() {
 #[test]
 fn all_probes_succeeding_closes() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(consecutive(1), t0, 7);
-    call(&mut b, fail(), t0);
+    let b = Breaker::new(consecutive(1), t0, 7);
+    call(&b, fail(), t0);
     let later = t0 + 20 * S;
     let probes: Vec<Admission> = (0..3).map(|_| b.admit(later).0).collect();
     assert_eq!(b.record(probes[0], ok(), later), None);
@@ -134,8 +134,8 @@ fn a_failed_probe_reopens_for_twice_as_long_capped() {
         max_open_for: 30 * S,
         ..consecutive(1)
     };
-    let mut b = Breaker::new(cfg, t0, 7);
-    call(&mut b, fail(), t0);
+    let b = Breaker::new(cfg, t0, 7);
+    call(&b, fail(), t0);
     let mut now = t0;
     let mut periods = Vec::new();
     for _ in 0..4 {
@@ -164,8 +164,8 @@ fn a_failed_probe_reopens_for_twice_as_long_capped() {
 #[test]
 fn closing_resets_the_back_off() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(consecutive(1), t0, 7);
-    call(&mut b, fail(), t0);
+    let b = Breaker::new(consecutive(1), t0, 7);
+    call(&b, fail(), t0);
     let mut now = t0 + 20 * S;
     let (a, _) = b.admit(now);
     b.record(a, fail(), now); // reopen: 20s
@@ -175,7 +175,7 @@ fn closing_resets_the_back_off() {
         b.record(p, ok(), now);
     }
     assert_eq!(b.state(), StateName::Closed);
-    call(&mut b, fail(), now);
+    call(&b, fail(), now);
     assert!(
         about(b.next_probe_in(now).unwrap(), 10 * S),
         "back to open_for after a close"
@@ -193,10 +193,10 @@ fn failure_rate_needs_min_requests_and_reports_the_numbers() {
         }),
         ..config()
     };
-    let mut b = Breaker::new(cfg, t0, 7);
+    let b = Breaker::new(cfg, t0, 7);
     for _ in 0..9 {
         assert_eq!(
-            call(&mut b, fail(), t0).1,
+            call(&b, fail(), t0).1,
             None,
             "below min_requests nothing opens"
         );
@@ -204,7 +204,7 @@ fn failure_rate_needs_min_requests_and_reports_the_numbers() {
     let mut opened = None;
     for i in 0..10 {
         let c = if i % 2 == 0 { ok() } else { fail() };
-        if let (_, Some(t)) = call(&mut b, c, t0 + S) {
+        if let (_, Some(t)) = call(&b, c, t0 + S) {
             opened = Some(t);
             break;
         }
@@ -229,12 +229,12 @@ fn failure_rate_window_slides() {
         }),
         ..config()
     };
-    let mut b = Breaker::new(cfg, t0, 7);
+    let b = Breaker::new(cfg, t0, 7);
     for _ in 0..3 {
-        call(&mut b, fail(), t0);
+        call(&b, fail(), t0);
     }
     // 12s later the three failures have left the window: one more failure is 1 of 1 < min.
-    assert_eq!(call(&mut b, fail(), t0 + 12 * S).1, None);
+    assert_eq!(call(&b, fail(), t0 + 12 * S).1, None);
     assert_eq!(
         b.totals(t0 + 12 * S),
         Totals {
@@ -244,9 +244,9 @@ fn failure_rate_window_slides() {
         }
     );
     // Successes dilute: 2 failures of 4 calls within the window still reach 50%.
-    call(&mut b, ok(), t0 + 13 * S);
-    call(&mut b, ok(), t0 + 13 * S);
-    let (_, t) = call(&mut b, fail(), t0 + 14 * S);
+    call(&b, ok(), t0 + 13 * S);
+    call(&b, ok(), t0 + 13 * S);
+    let (_, t) = call(&b, fail(), t0 + 14 * S);
     assert_eq!(t.map(|t| t.to), Some(StateName::Open));
 }
 
@@ -262,15 +262,15 @@ fn slow_calls_open_the_breaker() {
         }),
         ..config()
     };
-    let mut b = Breaker::new(cfg, t0, 7);
+    let b = Breaker::new(cfg, t0, 7);
     let slow = Call {
         result: CallResult::Status(200),
         elapsed: 3 * S,
     };
     for _ in 0..4 {
-        call(&mut b, slow, t0);
+        call(&b, slow, t0);
     }
-    let (_, t) = call(&mut b, slow, t0);
+    let (_, t) = call(&b, slow, t0);
     let t = t.expect("5 slow of 5 opens");
     assert!(
         t.reason
@@ -283,13 +283,13 @@ fn slow_calls_open_the_breaker() {
 #[test]
 fn four_xx_is_not_a_failure_by_default() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(consecutive(2), t0, 7);
+    let b = Breaker::new(consecutive(2), t0, 7);
     let not_found = Call {
         result: CallResult::Status(404),
         elapsed: MS,
     };
     for _ in 0..10 {
-        assert_eq!(call(&mut b, not_found, t0).1, None);
+        assert_eq!(call(&b, not_found, t0).1, None);
     }
     assert_eq!(b.consecutive_failures(), 0);
 }
@@ -297,9 +297,9 @@ fn four_xx_is_not_a_failure_by_default() {
 #[test]
 fn late_results_from_an_earlier_state_are_ignored() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(consecutive(1), t0, 7);
+    let b = Breaker::new(consecutive(1), t0, 7);
     let (early, _) = b.admit(t0); // admitted while closed, finishes later
-    call(&mut b, fail(), t0); // opens
+    call(&b, fail(), t0); // opens
     assert_eq!(b.record(early, ok(), t0), None);
     assert_eq!(b.state(), StateName::Open);
 }
@@ -307,7 +307,7 @@ fn late_results_from_an_earlier_state_are_ignored() {
 #[test]
 fn cancelled_probes_free_their_slot() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(
+    let b = Breaker::new(
         BreakerConfig {
             half_open_requests: 1,
             ..consecutive(1)
@@ -315,7 +315,7 @@ fn cancelled_probes_free_their_slot() {
         t0,
         7,
     );
-    call(&mut b, fail(), t0);
+    call(&b, fail(), t0);
     let later = t0 + 20 * S;
     assert_eq!(b.admit(later).0, Admission::Probe);
     assert!(matches!(b.admit(later).0, Admission::Reject { .. }));
@@ -326,7 +326,7 @@ fn cancelled_probes_free_their_slot() {
 #[test]
 fn admin_force_open_close_and_reset() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(consecutive(1), t0, 7);
+    let b = Breaker::new(consecutive(1), t0, 7);
     let t = b.force_open(t0).unwrap();
     assert_eq!(
         (t.to, t.reason.as_str()),
@@ -337,7 +337,7 @@ fn admin_force_open_close_and_reset() {
     assert_eq!(b.next_probe_in(t0), None);
     assert_eq!(b.force_close(t0).unwrap().to, StateName::Closed);
     assert_eq!(b.force_close(t0), None, "already closed");
-    call(&mut b, fail(), t0);
+    call(&b, fail(), t0);
     assert_eq!(b.reset(t0).unwrap().reason, "reset by admin");
     assert_eq!(b.admit(t0).0, Admission::Allow);
 }
@@ -346,8 +346,8 @@ fn admin_force_open_close_and_reset() {
 fn jitter_depends_on_the_seed_only() {
     let t0 = Instant::now();
     let period = |seed| {
-        let mut b = Breaker::new(consecutive(1), t0, seed);
-        call(&mut b, fail(), t0);
+        let b = Breaker::new(consecutive(1), t0, seed);
+        call(&b, fail(), t0);
         b.next_probe_in(t0).unwrap()
     };
     assert_eq!(period(1), period(1));
@@ -357,8 +357,8 @@ fn jitter_depends_on_the_seed_only() {
 #[test]
 fn open_period_end_is_half_open_without_traffic() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(consecutive(1), t0, 3);
-    call(&mut b, fail(), t0);
+    let b = Breaker::new(consecutive(1), t0, 3);
+    call(&b, fail(), t0);
     let until = t0 + b.next_probe_in(t0).unwrap();
     assert_eq!(b.state_at(until - MS), StateName::Open);
     assert_eq!(b.tick(until - MS), None, "not yet");
@@ -379,8 +379,119 @@ fn open_period_end_is_half_open_without_traffic() {
 #[test]
 fn forced_open_never_ticks_to_half_open() {
     let t0 = Instant::now();
-    let mut b = Breaker::new(consecutive(1), t0, 3);
+    let b = Breaker::new(consecutive(1), t0, 3);
     b.force_open(t0);
     assert_eq!(b.tick(t0 + 3600 * S), None);
     assert_eq!(b.state_at(t0 + 3600 * S), StateName::Open);
+}
+
+/// Closed, calls recorded from many threads at once are all counted: window totals and the
+/// consecutive-failure count are exact (no lock on that path, atomics only).
+#[test]
+fn concurrent_records_in_closed_are_counted_exactly() {
+    let t0 = Instant::now();
+    let cfg = BreakerConfig {
+        failure_rate: Some(RateCondition {
+            threshold: 1.0,
+            window: 30 * S,
+            min_requests: u32::MAX,
+        }),
+        ..config()
+    };
+    let b = std::sync::Arc::new(Breaker::new(cfg, t0, 7));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                for _ in 0..5_000 {
+                    let (a, _) = b.admit(t0);
+                    assert_eq!(a, Admission::Allow);
+                    assert_eq!(b.record(a, fail(), t0), None);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        b.totals(t0),
+        Totals {
+            calls: 40_000,
+            failures: 40_000,
+            slow: 0
+        }
+    );
+    assert_eq!(b.consecutive_failures(), 40_000);
+    assert_eq!(b.state(), StateName::Closed);
+}
+
+/// Many threads crossing the threshold together open the breaker once: one transition.
+#[test]
+fn concurrent_failures_open_exactly_once() {
+    let t0 = Instant::now();
+    let b = std::sync::Arc::new(Breaker::new(consecutive(100), t0, 7));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                (0..1_000)
+                    .filter_map(|_| b.record(Admission::Allow, fail(), t0))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let transitions: Vec<Transition> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(transitions.len(), 1, "{transitions:?}");
+    let t = &transitions[0];
+    assert_eq!(
+        (t.from, t.to, t.cause),
+        (
+            StateName::Closed,
+            StateName::Open,
+            Cause::ConsecutiveFailures
+        )
+    );
+    assert!(t.consecutive_failures >= 100, "{t:?}");
+    assert_eq!(b.state(), StateName::Open);
+}
+
+/// Every transition names its cause from the bounded set and carries the counts of its moment.
+#[test]
+fn transitions_carry_cause_and_counts() {
+    let t0 = Instant::now();
+    let b = Breaker::new(
+        BreakerConfig {
+            half_open_requests: 1,
+            ..consecutive(2)
+        },
+        t0,
+        7,
+    );
+    call(&b, fail(), t0);
+    let opened = call(&b, fail(), t0).1.unwrap();
+    assert_eq!(
+        (opened.cause, opened.consecutive_failures),
+        (Cause::ConsecutiveFailures, 2)
+    );
+    let until = t0 + b.next_probe_in(t0).unwrap();
+    assert_eq!(b.tick(until).unwrap().cause, Cause::OpenPeriodElapsed);
+    let (a, _) = b.admit(until);
+    let failed = b.record(a, fail(), until).unwrap();
+    assert_eq!(failed.cause, Cause::ProbeFailed);
+    let later = until + 60 * S;
+    let (a, t) = b.admit(later);
+    assert_eq!(t.unwrap().cause, Cause::OpenPeriodElapsed);
+    assert_eq!(b.record(a, ok(), later).unwrap().cause, Cause::ProbesPassed);
+    assert_eq!(
+        b.consecutive_failures(),
+        0,
+        "a close starts counting afresh"
+    );
+    assert_eq!(b.force_open(later).unwrap().cause, Cause::ForcedOpen);
+    assert_eq!(b.force_close(later).unwrap().cause, Cause::ForcedClosed);
+    assert_eq!(b.since().2, Cause::ForcedClosed);
 }
