@@ -285,14 +285,14 @@ fn breakers(lint: &mut Lint<'_>) {
             if admitted < u64::from(c.min_requests) {
                 let names = routes
                     .iter()
-                    .map(|&i| format!("routes[{i}].rate_limit"))
+                    .map(|&i| format!("routes[{i}]"))
                     .collect::<Vec<_>>()
-                    .join(", ");
+                    .join(" + ");
                 lint.add(
                     "breaker-min-requests",
                     format!("{path}.{name}.min_requests"),
                     format!(
-                        "min_requests {} cannot be reached: {names} admit at most {admitted} requests in the {} window, so this condition never opens the breaker",
+                        "min_requests {} cannot be reached: the rate limit of {names} admits at most {admitted} requests in the {} window, so this condition never opens the breaker",
                         c.min_requests,
                         show(c.window)
                     ),
