@@ -18,6 +18,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code for an invalid config (`EX_CONFIG` from sysexits is 78; we use 1 as documented).
 const EXIT_INVALID: u8 = 1;
+/// Exit code of `validate --diff` / `--against` when the change needs a restart (documented).
+const EXIT_NEEDS_RESTART: u8 = 2;
 /// Exit code when the drain timeout cut requests that were still in flight (documented).
 const EXIT_DRAIN_CUT: u8 = 3;
 
@@ -61,13 +63,32 @@ enum Command {
         #[arg(long, value_enum, default_value = "work-stealing")]
         worker_model: WorkerModel,
     },
-    /// Check a config file and print every problem.
+    /// Check a config file and print every problem, then the lint warnings.
     Validate {
         #[command(flatten)]
         file: ConfigFile,
-        /// Print what a reload from OLD to NEW would change (both must be valid).
-        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        /// Exit 1 on lint warnings too.
+        #[arg(long)]
+        strict: bool,
+        /// Print what a reload from OLD to NEW would change (both must be valid); exit 2 when
+        /// it needs a restart.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"], conflicts_with = "against")]
         diff: Option<Vec<PathBuf>>,
+        /// Print what reloading the -c file into the backstop whose admin listener is at this
+        /// URL (http://host:port) would change; exit 2 when it needs a restart.
+        #[arg(long, value_name = "ADMIN_URL")]
+        against: Option<String>,
+        /// Bearer token for --against when the admin API protects its reads.
+        #[arg(long, env = "BACKSTOP_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Print settings that are valid but probably not what was meant, each with a fix.
+    Lint {
+        #[command(flatten)]
+        file: ConfigFile,
+        /// Exit 1 when there is any finding.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the JSON Schema of the config file (for editors' YAML support).
     Schema,
@@ -99,7 +120,14 @@ fn main() -> ExitCode {
         Command::Validate {
             diff: Some(files), ..
         } => diff(&files[0], &files[1]),
-        Command::Validate { file, diff: None } => validate(&file.config),
+        Command::Validate {
+            file,
+            against: Some(url),
+            token,
+            ..
+        } => against(&file.config, &url, token.as_deref()),
+        Command::Validate { file, strict, .. } => validate(&file.config, strict),
+        Command::Lint { file, strict } => lint(&file.config, strict),
         Command::Schema => {
             println!("{}", config::json_schema());
             ExitCode::SUCCESS
@@ -144,20 +172,58 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(path: &Path) -> ExitCode {
-    match config::load(path) {
-        Ok(c) => {
+/// Errors on stderr and exit 1; else lint warnings on stderr, the summary on stdout, and exit
+/// 0 (1 with `--strict` when there are warnings).
+fn validate(path: &Path, strict: bool) -> ExitCode {
+    match config::load_with_text(path) {
+        Ok((c, text)) => {
             for warning in &c.warnings {
                 eprintln!("{}: warning: {warning}", path.display());
             }
+            let findings = config::lint(&c, &text);
+            for finding in &findings {
+                eprintln!("{}: {finding}", path.display());
+            }
             println!(
-                "{}: valid ({} routes, {} upstreams, sha256 {})",
+                "{}: valid ({} routes, {} upstreams, sha256 {}){}",
                 path.display(),
                 c.routes.len(),
                 c.upstreams.len(),
-                &c.sha256[..12]
+                &c.sha256[..12],
+                match findings.len() {
+                    0 => String::new(),
+                    n => format!(", {n} lint warning(s)"),
+                }
             );
-            ExitCode::SUCCESS
+            if strict && !findings.is_empty() {
+                ExitCode::from(EXIT_INVALID)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            print_issues(path, &e);
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+/// Findings on stdout; exit 1 for an invalid file, or with `--strict` for any finding.
+fn lint(path: &Path, strict: bool) -> ExitCode {
+    match config::load_with_text(path) {
+        Ok((c, text)) => {
+            let findings = config::lint(&c, &text);
+            for finding in &findings {
+                println!("{}: {finding}", path.display());
+            }
+            if findings.is_empty() {
+                println!("{}: no findings", path.display());
+            }
+            if strict && !findings.is_empty() {
+                ExitCode::from(EXIT_INVALID)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             print_issues(path, &e);
@@ -167,7 +233,7 @@ fn validate(path: &Path) -> ExitCode {
 }
 
 fn diff(old: &Path, new: &Path) -> ExitCode {
-    let (a, b) = match (config::load(old), config::load(new)) {
+    let (a, b) = match (config::load_with_text(old), config::load_with_text(new)) {
         (Ok(a), Ok(b)) => (a, b),
         (a, b) => {
             for (path, result) in [(old, a), (new, b)] {
@@ -178,14 +244,141 @@ fn diff(old: &Path, new: &Path) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let changes = config::diff(&a, &b);
+    print_changes(&config::diff(&a.1, &a.0, &b.1, &b.0))
+}
+
+fn print_changes(changes: &[config::Change]) -> ExitCode {
     if changes.is_empty() {
         println!("no changes");
     }
-    for line in changes {
-        println!("{line}");
+    for change in changes {
+        println!("{}", change.line);
     }
-    ExitCode::SUCCESS
+    if changes.iter().any(|c| c.needs_restart) {
+        ExitCode::from(EXIT_NEEDS_RESTART)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Diffs the file against `GET /admin/config` of a running backstop.
+fn against(path: &Path, url: &str, token: Option<&str>) -> ExitCode {
+    let local = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            print_issues(path, &e);
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let running = match get_json(url, "/admin/config", token) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("backstop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if running.get("sha256").and_then(|s| s.as_str()) == Some(local.sha256.as_str()) {
+        println!("no changes (the running config has the same sha256)");
+        return ExitCode::SUCCESS;
+    }
+    match running_diff(local, &running) {
+        Ok(changes) => print_changes(&changes),
+        Err(e) => exit(Err(e)),
+    }
+}
+
+/// The running config's admin view against the same view of `local`. The admin view shows
+/// some blocks as one text, so a change inside them is shown as the whole block.
+fn running_diff(
+    local: config::Config,
+    running: &serde_json::Value,
+) -> anyhow::Result<Vec<config::Change>> {
+    let mut changes = Vec::new();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    for (path, was, now) in [
+        ("listen", text(&running["listen"]), local.listen.to_string()),
+        (
+            "admin.listen",
+            text(&running["admin"]["listen"]),
+            local.admin_listen.to_string(),
+        ),
+    ] {
+        if was != now {
+            changes.push(config::Change {
+                line: format!("{path}: {was} -> {now} (needs a restart)"),
+                needs_restart: true,
+            });
+        }
+    }
+    // The view is built from a snapshot; its background tasks never run: the runtime only
+    // drives the (immediately ready) build and is dropped with them.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let generation = running["generation"].as_u64().unwrap_or(0);
+    let view = rt.block_on(async {
+        backstop::runtime::Snapshot::build(local, generation, &Metrics::new(), None)
+            .map(|s| backstop::admin::views::config(&s))
+    })?;
+    drop(rt);
+    let skip = ["generation", "sha256", "listen", "admin.listen"];
+    changes.extend(
+        config::diff_values(running, &view, &skip)
+            .into_iter()
+            .map(|line| config::Change {
+                line,
+                needs_restart: false,
+            }),
+    );
+    Ok(changes)
+}
+
+/// `GET path` from an admin listener at `url` (`http://host:port`), as JSON.
+fn get_json(url: &str, path: &str, token: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let authority = url
+        .strip_prefix("http://")
+        .context("--against takes http://host:port (the admin listener)")?
+        .trim_end_matches('/');
+    let address = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .with_context(|| format!("cannot resolve {authority}"))?
+        .next()
+        .with_context(|| format!("cannot resolve {authority}"))?;
+    let timeout = Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
+        .with_context(|| format!("cannot connect to {authority}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let auth = token.map_or(String::new(), |t| {
+        format!("authorization: Bearer {}\r\n", t.trim())
+    });
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {authority}\r\naccept: application/json\r\n{auth}connection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream
+        .take(64 << 20)
+        .read_to_end(&mut response)
+        .with_context(|| format!("cannot read the answer of {authority}"))?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("the admin listener sent no HTTP answer")?;
+    let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+    let body = &response[end + 4..];
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        anyhow::bail!(
+            "GET {url}{path} answered {status}: {}",
+            String::from_utf8_lossy(body).trim()
+        );
+    }
+    if head.contains("transfer-encoding: chunked") {
+        anyhow::bail!("GET {url}{path}: chunked answers are not supported");
+    }
+    serde_json::from_slice(body).with_context(|| format!("GET {url}{path} did not answer JSON"))
 }
 
 fn print_issues(path: &Path, error: &ConfigError) {

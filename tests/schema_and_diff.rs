@@ -69,11 +69,13 @@ fn validate_diff_lists_changes() {
     assert_eq!(
         lines,
         vec![
-            "upstream pg: changed endpoints, circuit_breaker (its state starts over)",
-            "upstream pg-b: added (1 endpoints)",
-            "upstream legacy: removed",
-            "route pay: changed failover [] -> [\"pg-b\"], timeout 5s -> 3s",
-            "route old: removed",
+            "routes[pay].failover: (unset) -> [pg-b]",
+            "routes[pay].timeout: 5s -> 3s",
+            "upstreams.pg.circuit_breaker.consecutive_failures: (unset) -> 5 (its state starts over)",
+            "upstreams.pg.endpoints[1].address: (unset) -> 127.0.0.1:3",
+            "upstreams.pg-b: added",
+            "routes[old]: removed",
+            "upstreams.legacy: removed",
         ]
     );
     let (ok, text) = run(&[

@@ -1,171 +1,280 @@
-//! `backstop validate --diff OLD NEW`: what a reload from OLD to NEW would change, upstream by
-//! upstream and route by route, in the words an SRE reviews a change in.
+//! `backstop validate --diff OLD NEW` and `--against ADMIN`: what a reload would change, value
+//! by value (`routes[pay].rate_limit.rate: 5/s -> 20/s`), and whether it needs a restart.
+//!
+//! Both sides are flattened to `key path -> value` leaves. Lists of named items (routes, slos,
+//! the admin view's upstreams) are keyed by name, so a reordering is one line, not a diff of
+//! every item after it. A route, upstream or slo that is new or gone is one line.
 
-use super::model::{Config, Route, Upstream};
+use serde_json::Value;
 
-/// One line per change; empty when the configs behave the same.
-pub fn diff(old: &Config, new: &Config) -> Vec<String> {
+use super::model::Config;
+use super::redact::redact_urls;
+
+/// One changed setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// `path: old -> new`, with a note when the change resets live state.
+    pub line: String,
+    /// A reload does not apply it; backstop must restart.
+    pub needs_restart: bool,
+}
+
+/// Settings a running backstop cannot change on reload: the reload refuses a new `listen` or
+/// `admin.listen`, and the connection limit is read once when the listener starts.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<Change> {
     let mut out = Vec::new();
-    if old.listen != new.listen {
-        out.push(format!(
-            "listen: {} -> {} (needs a restart)",
-            old.listen, new.listen
-        ));
-    }
-    if old.admin_listen != new.admin_listen {
-        out.push(format!(
-            "admin.listen: {} -> {} (needs a restart)",
-            old.admin_listen, new.admin_listen
-        ));
-    }
-    if old.drain_timeout != new.drain_timeout {
-        out.push(format!(
-            "drain_timeout: {:?} -> {:?}",
-            old.drain_timeout, new.drain_timeout
-        ));
-    }
-    if old.redis != new.redis {
-        out.push("redis: changed (global rate limits reconnect)".into());
-    }
-    for u in &new.upstreams {
-        match old.upstreams.iter().find(|o| o.name == u.name) {
-            None => out.push(format!(
-                "upstream {}: added ({} endpoints)",
-                u.name,
-                u.endpoints.len()
-            )),
-            Some(o) if o != u => out.push(format!(
-                "upstream {}: changed {}",
-                u.name,
-                upstream_fields(o, u).join(", ")
-            )),
-            Some(_) => {}
+    let mut check = |path: &str, a: String, b: String| {
+        if a != b {
+            out.push(Change {
+                line: format!("{path}: {a} -> {b} (needs a restart)"),
+                needs_restart: true,
+            });
         }
-    }
-    for o in &old.upstreams {
-        if !new.upstreams.iter().any(|u| u.name == o.name) {
-            out.push(format!("upstream {}: removed", o.name));
+    };
+    check("listen", old.listen.to_string(), new.listen.to_string());
+    check(
+        "admin.listen",
+        old.admin_listen.to_string(),
+        new.admin_listen.to_string(),
+    );
+    let limit = |c: &Config| {
+        c.server
+            .max_connections
+            .map_or("auto".to_owned(), |n| n.to_string())
+    };
+    check("server.max_connections", limit(old), limit(new));
+    out
+}
+
+/// What a reload from `old` to `new` changes; both texts must have compiled to the configs.
+pub fn diff(old_text: &str, old: &Config, new_text: &str, new: &Config) -> Vec<Change> {
+    let tree = |text: &str| serde_saphyr::from_str::<Value>(text).unwrap_or(Value::Null);
+    let restart = needs_restart(old, new);
+    let skip = ["listen", "admin.listen", "server.max_connections"];
+    let mut out = restart;
+    out.extend(
+        diff_values(&tree(old_text), &tree(new_text), &skip)
+            .into_iter()
+            .map(|line| Change {
+                line,
+                needs_restart: false,
+            }),
+    );
+    out
+}
+
+/// Leaf-by-leaf differences of two JSON trees, leaving out the paths in `skip`.
+pub fn diff_values(old: &Value, new: &Value, skip: &[&str]) -> Vec<String> {
+    let (a, b) = (flatten(old), flatten(new));
+    let mut out = Vec::new();
+    let entity_of = |path: &str| entity(path).map(str::to_owned);
+    let old_entities: Vec<String> = a.iter().filter_map(|l| entity_of(&l.path)).collect();
+    let new_entities: Vec<String> = b.iter().filter_map(|l| entity_of(&l.path)).collect();
+    let mut reported: Vec<String> = Vec::new();
+    for leaf in &b {
+        if skip.contains(&leaf.path.as_str()) {
+            continue;
         }
-    }
-    for (i, r) in new.routes.iter().enumerate() {
-        match old.routes.iter().position(|o| o.name == r.name) {
-            None => out.push(format!("route {}: added at position {}", r.name, i + 1)),
-            Some(j) => {
-                let o = &old.routes[j];
-                let mut fields = route_fields(old, o, new, r);
-                if i != j {
-                    fields.push(format!(
-                        "position {} -> {} (first match wins)",
-                        j + 1,
-                        i + 1
-                    ));
+        if let Some(e) = entity(&leaf.path) {
+            if !old_entities.iter().any(|o| o == e) {
+                if !reported.iter().any(|r| r == e) {
+                    out.push(format!("{e}: added"));
+                    reported.push(e.to_owned());
                 }
-                if !fields.is_empty() {
-                    out.push(format!("route {}: changed {}", r.name, fields.join(", ")));
-                }
+                continue;
             }
         }
-    }
-    for o in &old.routes {
-        if !new.routes.iter().any(|r| r.name == o.name) {
-            out.push(format!("route {}: removed", o.name));
+        match a.iter().find(|o| o.path == leaf.path) {
+            Some(o) if o.raw == leaf.raw => {}
+            Some(o) if o.value == leaf.value => {
+                out.push(change(
+                    &leaf.path,
+                    &o.value,
+                    &format!("{} (changed)", leaf.value),
+                ));
+            }
+            Some(o) => out.push(change(&leaf.path, &o.value, &leaf.value)),
+            None => out.push(change(&leaf.path, "(unset)", &leaf.value)),
         }
     }
-    for s in &new.slos {
-        match old.slos.iter().find(|o| o.name == s.name) {
-            None => out.push(format!("slo {}: added", s.name)),
-            Some(o) if o != s => out.push(format!(
-                "slo {}: changed (its live budget starts over)",
-                s.name
-            )),
-            Some(_) => {}
+    for leaf in &a {
+        if skip.contains(&leaf.path.as_str()) || b.iter().any(|n| n.path == leaf.path) {
+            continue;
         }
+        if let Some(e) = entity(&leaf.path) {
+            if !new_entities.iter().any(|n| n == e) {
+                if !reported.iter().any(|r| r == e) {
+                    out.push(format!("{e}: removed"));
+                    reported.push(e.to_owned());
+                }
+                continue;
+            }
+        }
+        out.push(change(&leaf.path, &leaf.value, "(unset)"));
     }
-    for o in &old.slos {
-        if !new.slos.iter().any(|s| s.name == o.name) {
-            out.push(format!("slo {}: removed", o.name));
+    let order = |v: &Value| -> Vec<String> {
+        v.get("routes")
+            .and_then(Value::as_array)
+            .map(|routes| {
+                routes
+                    .iter()
+                    .filter_map(|r| r.get("name").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (before, after) = (order(old), order(new));
+    for (i, name) in after.iter().enumerate() {
+        if let Some(j) = before.iter().position(|n| n == name) {
+            if i != j {
+                out.push(format!(
+                    "routes[{name}]: position {} -> {} (first match wins)",
+                    j + 1,
+                    i + 1
+                ));
+            }
         }
     }
     out
 }
 
-fn upstream_fields(o: &Upstream, u: &Upstream) -> Vec<String> {
-    let mut f = Vec::new();
-    let mut check = |name: &str, changed: bool| {
-        if changed {
-            f.push(name.to_owned());
-        }
+fn change(path: &str, old: &str, new: &str) -> String {
+    let note = if path.contains(".circuit_breaker") {
+        " (its state starts over)"
+    } else if path.contains(".rate_limit") {
+        " (its buckets start over)"
+    } else if path.starts_with("slos[") {
+        " (its live budget starts over)"
+    } else if path.starts_with("redis.") {
+        " (global rate limits reconnect)"
+    } else {
+        ""
     };
-    check("endpoints", o.endpoints != u.endpoints);
-    check("connect_timeout", o.connect_timeout != u.connect_timeout);
-    check("tls", o.tls != u.tls);
-    check("host_header", o.host_header != u.host_header);
-    check(
-        "idle_timeout/max_idle_connections",
-        o.idle_timeout != u.idle_timeout || o.max_idle_connections != u.max_idle_connections,
-    );
-    check(
-        "max_concurrent_requests",
-        o.max_concurrent_requests != u.max_concurrent_requests,
-    );
-    check(
-        "circuit_breaker (its state starts over)",
-        o.circuit_breaker != u.circuit_breaker,
-    );
-    check(
-        "outlier_detection",
-        o.outlier_detection != u.outlier_detection,
-    );
-    check("load_balancing", o.load_balancing != u.load_balancing);
-    check("health_check", o.health_check != u.health_check);
-    f
+    format!("{path}: {old} -> {new}{note}")
 }
 
-fn route_fields(old: &Config, o: &Route, new: &Config, r: &Route) -> Vec<String> {
-    let mut f = Vec::new();
-    let upstream = |c: &Config, i: usize| c.upstreams[i].name.clone();
-    if upstream(old, o.upstream) != upstream(new, r.upstream) {
-        f.push(format!(
-            "upstream {} -> {}",
-            upstream(old, o.upstream),
-            upstream(new, r.upstream)
-        ));
+/// The route, upstream or slo a path belongs to, if any.
+fn entity(path: &str) -> Option<&str> {
+    for list in ["routes[", "slos[", "upstreams["] {
+        if path.starts_with(list) {
+            return path.find(']').map(|end| &path[..=end]);
+        }
     }
-    let failover = |c: &Config, route: &Route| {
-        route
-            .failover
-            .iter()
-            .map(|&i| upstream(c, i))
-            .collect::<Vec<_>>()
+    let rest = path.strip_prefix("upstreams.")?;
+    let name_end = rest
+        .find('.')
+        .map_or(path.len(), |i| "upstreams.".len() + i);
+    Some(&path[..name_end])
+}
+
+struct Leaf {
+    path: String,
+    /// As shown: secrets as `***`, URL passwords redacted.
+    value: String,
+    /// As written, for comparing only.
+    raw: String,
+}
+
+fn flatten(value: &Value) -> Vec<Leaf> {
+    let mut out = Vec::new();
+    walk(value, String::new(), false, &mut out);
+    out
+}
+
+fn walk(value: &Value, path: String, secret: bool, out: &mut Vec<Leaf>) {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
     };
-    if failover(old, o) != failover(new, r) {
-        f.push(format!(
-            "failover {:?} -> {:?}",
-            failover(old, o),
-            failover(new, r)
-        ));
+    match value {
+        Value::Object(map) => {
+            // A header match `{ value: ..., secret: true }` never shows its value.
+            let secret = secret || map.get("secret") == Some(&Value::Bool(true));
+            for (k, v) in map {
+                walk(v, join(k), secret, out);
+            }
+        }
+        Value::Array(items) if items.iter().all(is_scalar) => {
+            let raw = format!(
+                "[{}]",
+                items.iter().map(scalar).collect::<Vec<_>>().join(", ")
+            );
+            out.push(Leaf {
+                value: redact_urls(&raw).into_owned(),
+                raw,
+                path,
+            });
+        }
+        Value::Array(items) => {
+            let named = items
+                .iter()
+                .all(|i| i.get("name").and_then(Value::as_str).is_some());
+            for (i, item) in items.iter().enumerate() {
+                let key = match item.get("name").and_then(Value::as_str) {
+                    Some(name) if named => format!("{path}[{name}]"),
+                    _ => format!("{path}[{i}]"),
+                };
+                walk(item, key, secret, out);
+            }
+        }
+        scalar_value => {
+            let raw = scalar(scalar_value);
+            let value = if secret && !path.ends_with(".secret") {
+                "***".to_owned()
+            } else {
+                redact_urls(&raw).into_owned()
+            };
+            out.push(Leaf { path, value, raw });
+        }
     }
-    if o.host != r.host
-        || o.path_prefix != r.path_prefix
-        || o.methods != r.methods
-        || o.headers != r.headers
-    {
-        f.push("match".into());
+}
+
+fn is_scalar(v: &Value) -> bool {
+    !matches!(v, Value::Object(_) | Value::Array(_))
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "null".into(),
+        other => other.to_string(),
     }
-    if o.timeout != r.timeout {
-        f.push(format!("timeout {:?} -> {:?}", o.timeout, r.timeout));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_compared_leaf_by_leaf_and_named_lists_by_name() {
+        let old = serde_json::json!({
+            "routes": [
+                {"name": "a", "rate_limit": {"rate": "5/s"}},
+                {"name": "b", "match": {"headers": {"x-key": {"value": "old", "secret": true}}}},
+            ],
+            "upstreams": {"pg": {"endpoints": [{"address": "x:1"}]}},
+        });
+        let new = serde_json::json!({
+            "routes": [
+                {"name": "b", "match": {"headers": {"x-key": {"value": "new", "secret": true}}}},
+                {"name": "a", "rate_limit": {"rate": "20/s", "burst": 5}},
+            ],
+            "upstreams": {"pg-b": {"endpoints": [{"address": "x:2"}]}},
+        });
+        assert_eq!(
+            diff_values(&old, &new, &[]),
+            vec![
+                "routes[b].match.headers.x-key.value: *** -> *** (changed)",
+                "routes[a].rate_limit.burst: (unset) -> 5 (its buckets start over)",
+                "routes[a].rate_limit.rate: 5/s -> 20/s (its buckets start over)",
+                "upstreams.pg-b: added",
+                "upstreams.pg: removed",
+                "routes[b]: position 2 -> 1 (first match wins)",
+                "routes[a]: position 1 -> 2 (first match wins)",
+            ]
+        );
     }
-    if o.retry != r.retry {
-        f.push("retry".into());
-    }
-    if o.rate_limit != r.rate_limit {
-        f.push("rate_limit (its buckets start over)".into());
-    }
-    if o.circuit_breaker != r.circuit_breaker {
-        f.push("circuit_breaker (its state starts over)".into());
-    }
-    if o.upgrade != r.upgrade {
-        f.push(format!("upgrade {:?} -> {:?}", o.upgrade, r.upgrade));
-    }
-    f
 }

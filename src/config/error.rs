@@ -71,11 +71,12 @@ pub enum ConfigError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The file is not valid YAML or does not fit the schema; parsing stops at the first such
-    /// problem, as every YAML parser must.
+    /// The file is not valid YAML; parsing stops at the first such problem, as every YAML
+    /// parser must.
     #[error("{0}")]
     Syntax(ConfigIssue),
-    /// The file parsed, but values are wrong; every problem found is listed.
+    /// The file is YAML, but keys, types or values are wrong; every problem found is listed,
+    /// in file order.
     #[error("{}", issues_text(.0))]
     Invalid(Vec<ConfigIssue>),
 }

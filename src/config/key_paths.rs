@@ -13,7 +13,7 @@ use serde_saphyr::Spanned;
 use super::error::Position;
 
 /// One node of a YAML document with the spans of its keys and items.
-enum Node {
+pub(crate) enum Node {
     Map(Vec<(Spanned<String>, Spanned<Node>)>),
     Seq(Vec<Spanned<Node>>),
     Scalar,
@@ -26,6 +26,47 @@ pub(crate) fn path_at(text: &str, at: Position) -> Option<String> {
     let mut best: Option<(Position, String)> = None;
     walk(&root.value, String::new(), at, &mut best);
     best.map(|(_, path)| path)
+}
+
+/// Every key path of the document with the position of its key (or list item), or nothing
+/// when the text is not YAML.
+pub(crate) fn positions(text: &str) -> std::collections::BTreeMap<String, Position> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(root) = serde_saphyr::from_str::<Spanned<Node>>(text) {
+        let mut collect = |pos: Position, path: &str| {
+            out.entry(path.to_owned()).or_insert(pos);
+        };
+        visit_all(&root.value, String::new(), &mut collect);
+    }
+    out
+}
+
+fn visit_all(node: &Node, prefix: String, f: &mut impl FnMut(Position, &str)) {
+    match node {
+        Node::Map(entries) => {
+            for (key, value) in entries {
+                let path = if prefix.is_empty() {
+                    key.value.clone()
+                } else {
+                    format!("{prefix}.{}", key.value)
+                };
+                if let Some(pos) = Position::from_location(&key.referenced) {
+                    f(pos, &path);
+                }
+                visit_all(&value.value, path, f);
+            }
+        }
+        Node::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("{prefix}[{i}]");
+                if let Some(pos) = Position::from_location(&item.referenced) {
+                    f(pos, &path);
+                }
+                visit_all(&item.value, path, f);
+            }
+        }
+        Node::Scalar => {}
+    }
 }
 
 fn walk(node: &Node, prefix: String, at: Position, best: &mut Option<(Position, String)>) {

@@ -9,16 +9,19 @@ mod compile_server;
 mod diff;
 mod error;
 mod key_paths;
+mod lint;
 mod model;
 mod raw;
+mod recover;
 mod redact;
 mod validate;
 
 use sha2::{Digest, Sha256};
 
 pub use compile::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
-pub use diff::diff;
+pub use diff::{diff, diff_values, needs_restart, Change};
 pub use error::{ConfigError, ConfigIssue, Position};
+pub use lint::{lint, Finding, RULES as LINT_RULES};
 pub use model::{
     Cidr, Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route,
     ServerLimits, Tls, Upgrade, Upstream,
@@ -34,12 +37,30 @@ pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
     load_str(&text)
 }
 
+/// Like [`load`], and also returns the file's text (for [`lint`] and diffs).
+pub fn load_with_text(path: &std::path::Path) -> Result<(Config, String), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    load_str(&text).map(|c| (c, text))
+}
+
 /// Parses, checks and compiles config text.
 pub fn load_str(text: &str) -> Result<Config, ConfigError> {
-    let raw: raw::RawConfig =
-        serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax(syntax_issue(text, &e)))?;
+    let recovered = recover::parse(text, syntax_issue).map_err(ConfigError::Syntax)?;
     let sha256 = sha256_hex(text.as_bytes());
-    compile::compile(&raw, sha256).map_err(ConfigError::Invalid)
+    let mut issues = recovered.issues;
+    if let Some(raw) = recovered.raw {
+        match compile::compile(&raw, sha256) {
+            Ok(config) if issues.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(found) => issues.extend(found),
+        }
+    }
+    // File order; problems without a position (missing sections, notes) come last.
+    issues.sort_by_key(|i| (i.position.is_none(), i.position));
+    Err(ConfigError::Invalid(issues))
 }
 
 /// The JSON Schema of the config file, generated from the same types the loader uses, for
