@@ -56,6 +56,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
     );
 
     let server = super::compile_server::server(&mut issues, raw.server.as_ref());
+    let access_log = super::compile_server::access_log(&mut issues, raw.access_log.as_ref());
 
     let upstreams: Vec<Upstream> = raw
         .upstreams
@@ -83,6 +84,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
             admin_listen,
             drain_timeout,
             server,
+            access_log,
             upstreams,
             routes,
             sha256,

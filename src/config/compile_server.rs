@@ -7,14 +7,24 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::model::{Cidr, ServerLimits};
-use super::raw::RawServer;
-use super::validate::{duration_or, Issues};
+use super::model::{AccessLog, Cidr, ServerLimits};
+use super::raw::{RawAccessLog, RawServer};
+use super::validate::{duration_or, percent_or_zero, Issues};
 
 /// The largest request head backstop accepts at all, whatever the config says.
 const MAX_HEADERS_CEILING: u32 = 1024 * 1024;
 /// Smallest request head limit: a few ordinary headers must fit.
 const MIN_HEADERS_BYTES: u32 = 1024;
+
+/// Compiles `access_log:`; a missing block logs every request.
+pub(crate) fn access_log(issues: &mut Issues, raw: Option<&RawAccessLog>) -> AccessLog {
+    let defaults = AccessLog::default();
+    let sample = raw
+        .and_then(|r| r.sample.as_ref())
+        .and_then(|s| percent_or_zero(issues, "access_log.sample", s))
+        .unwrap_or(defaults.sample);
+    AccessLog { sample }
+}
 
 /// Compiles `server:`; a missing block means every default.
 pub(crate) fn server(issues: &mut Issues, raw: Option<&RawServer>) -> ServerLimits {

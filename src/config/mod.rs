@@ -23,7 +23,7 @@ pub use diff::{diff, diff_values, needs_restart, Change};
 pub use error::{ConfigError, ConfigIssue, Position};
 pub use lint::{lint, Finding, RULES as LINT_RULES};
 pub use model::{
-    Cidr, Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route,
+    AccessLog, Cidr, Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route,
     ServerLimits, Tls, Upgrade, Upstream,
 };
 pub use redact::redact_url;

@@ -28,6 +28,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Limits and deadlines of the proxy listener.
     pub server: ServerLimits,
+    /// Which requests get an access log line.
+    pub access_log: AccessLog,
     /// Upstreams, sorted by name.
     pub upstreams: Vec<Upstream>,
     /// Routes in match order.
@@ -41,6 +43,19 @@ pub struct Config {
     /// Things that work but should be fixed (e.g. a token file readable by others), one line
     /// each, printed by `validate` and logged at startup and on reload.
     pub warnings: Vec<String>,
+}
+
+/// The `access_log:` section.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccessLog {
+    /// Share of successful requests logged, in [0, 1]; failures are always logged.
+    pub sample: f64,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self { sample: 1.0 }
+    }
 }
 
 /// The `server:` section: what a client connection may cost the proxy.

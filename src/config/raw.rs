@@ -39,6 +39,8 @@ pub struct RawConfig {
     pub drain_timeout: Option<Text>,
     /// Limits and deadlines of the downstream listener.
     pub server: Option<RawServer>,
+    /// The access log (target `backstop::access`).
+    pub access_log: Option<RawAccessLog>,
     /// Named upstreams (backend pools).
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
@@ -51,6 +53,16 @@ pub struct RawConfig {
     /// Service level objectives.
     #[serde(default)]
     pub slos: Vec<RawSlo>,
+}
+
+/// `access_log:`: which requests get an access log line.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// Share of successful requests logged, e.g. `1%`; requests backstop refused or that
+    /// failed upstream are always logged. Default `100%`.
+    #[schemars(with = "Option<String>")]
+    pub sample: Option<Text>,
 }
 
 /// `server:` limits and deadlines that protect the proxy listener from slow or hostile clients.

@@ -6,6 +6,7 @@ use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::exchange::Exchange;
+use super::outcome::Flags;
 use super::OUTCOME_HEADER;
 use crate::dataplane::body::ProxyBody;
 use crate::dataplane::rescue::ProxyError;
@@ -19,6 +20,7 @@ pub fn refuse(
     error: ProxyError,
 ) -> Response<ProxyBody> {
     ex.outcome.reason = Some(error);
+    ex.outcome.flags.insert(Flags::of_error(error));
     if let Some(u) = upstream {
         ex.outcome.upstream.get_or_insert(u);
     }
@@ -46,10 +48,11 @@ pub async fn refuse_early(
 /// A failed answer to a non-idempotent request that an attempt may have delivered says so:
 /// `x-backstop-outcome: unknown`, and the metric counts it against `upstream` (the one the
 /// request is pinned to).
-pub fn mark_unknown(ex: &Exchange, upstream: usize, response: &mut Response<ProxyBody>) {
+pub fn mark_unknown(ex: &mut Exchange, upstream: usize, response: &mut Response<ProxyBody>) {
     if !response.status().is_server_error() {
         return;
     }
+    ex.outcome.flags.insert(Flags::OUTCOME_UNKNOWN);
     response
         .headers_mut()
         .insert(OUTCOME_HEADER, HeaderValue::from_static("unknown"));

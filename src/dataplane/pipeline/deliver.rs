@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::attempt::{self, upstream_request};
 use super::exchange::Exchange;
+use super::outcome::{Attempt, End, Flags, Why};
 use super::source::Source;
 use super::target;
 use super::{answer, record, retry};
@@ -78,6 +79,7 @@ pub async fn deliver(
     let deadline = ex.deadline();
     let mut trail = Trail::default();
     let mut attempt_number = 0;
+    let mut why = None;
     loop {
         attempt_number += 1;
         let now = Instant::now();
@@ -90,6 +92,9 @@ pub async fn deliver(
             }
         };
         let (upstream_index, endpoint_index) = (target.upstream, target.endpoint);
+        let failover = target
+            .passed_over
+            .filter(|_| upstream_index != route.upstream);
         let upstream = &snapshot.upstreams[upstream_index];
         let stayed = trail.pin.is_some() && trail.tried.contains(&(upstream_index, endpoint_index));
         if stayed && (!route.failover.is_empty() || upstream.balancer.groups() > 1) {
@@ -98,6 +103,7 @@ pub async fn deliver(
             ex.outcome.note = Some("not_failed_over_maybe_delivered");
         }
         if upstream_index != route.upstream {
+            ex.outcome.flags.insert(Flags::FAILED_OVER);
             let from = &snapshot.upstreams[route.upstream].name;
             snapshot.metrics.failover(&route.name, from, &upstream.name);
         }
@@ -130,12 +136,30 @@ pub async fn deliver(
                 .body_for_attempt()
                 .and_then(|body| upstream_request(parts.clone(), body, upstream, endpoint_index));
             if let Some(request) = again {
+                ex.outcome.attempted(Attempt {
+                    upstream: upstream_index,
+                    endpoint: endpoint_index,
+                    end: End::Unread,
+                    elapsed: sent.call.elapsed,
+                    why: why.take(),
+                    failover,
+                });
+                why = Some(Why::Resend);
                 let left = per_try.saturating_sub(sent_at.elapsed());
                 sent = attempt::send(upstream, endpoint_index, request, left, Via::Fresh).await;
             }
         }
         let call = sent.call;
-        if let Some(fault) = attempt::client_fault(&source.watch, call) {
+        let fault = attempt::client_fault(&source.watch, call);
+        ex.outcome.attempted(Attempt {
+            upstream: upstream_index,
+            endpoint: endpoint_index,
+            end: End::of(call.result, fault.is_some()),
+            elapsed: call.elapsed,
+            why: why.take(),
+            failover,
+        });
+        if let Some(fault) = fault {
             // The client broke, stalled or left: nothing here is the upstream's doing, so
             // the breaker, ejection, retry budget, SLO and unknown counters see nothing.
             drop(target);
@@ -174,8 +198,9 @@ pub async fn deliver(
             Err(None)
         };
         match decision {
-            Ok(()) => {
+            Ok(reason) => {
                 trail.tried.push((upstream_index, endpoint_index));
+                why = Some(Why::Retry(reason));
                 continue;
             }
             Err(note) => ex.outcome.note = note.or(ex.outcome.note),
@@ -191,7 +216,7 @@ pub async fn deliver(
 /// The last answer: marked `outcome: unknown` when the payment rules say so, and the client's
 /// connection kept usable.
 async fn conclude(
-    ex: &Exchange,
+    ex: &mut Exchange,
     kind: RequestKind,
     trail: &Trail,
     mut response: Response<ProxyBody>,

@@ -87,6 +87,17 @@ impl Exchange {
         self.live_upstream().map_or("", |u| u.name.as_str())
     }
 
+    /// The names of upstream `u` and its endpoint `e`, or "" for either that does not exist.
+    pub fn names(&self, u: usize, e: usize) -> (&str, &str) {
+        match self.snapshot.upstreams.get(u) {
+            Some(up) => (
+                up.name.as_str(),
+                up.endpoints.get(e).map_or("", |e| e.address.as_str()),
+            ),
+            None => ("", ""),
+        }
+    }
+
     /// Endpoint address of the last attempt, or "".
     pub fn endpoint_address(&self) -> &str {
         match (self.live_upstream(), self.outcome.endpoint) {

@@ -11,12 +11,23 @@ use crate::dataplane::rescue::ProxyError;
 /// a limit) or refused (with the headers for the 429).
 pub type Limited = Result<Option<RateHeaders>, (ProxyError, Option<RateHeaders>)>;
 
-/// Asks the route's limiter, if it has one.
-pub async fn check(ex: &mut Exchange, req: &Request<Incoming>, client: &str) -> Limited {
+/// Asks the route's limiter, if it has one. With the access log on, the key's short hash is
+/// kept for it.
+pub async fn check(
+    ex: &mut Exchange,
+    req: &Request<Incoming>,
+    client: &str,
+    logging: bool,
+) -> Limited {
     let Some(limiter) = &ex.route().limiter else {
         return Ok(None);
     };
-    match limiter.decide(req.headers(), client).await {
+    let key = logging
+        .then(|| limiter.key_hash(req.headers(), client))
+        .flatten();
+    let decision = limiter.decide(req.headers(), client).await;
+    ex.outcome.rate_key = key;
+    match decision {
         Decision::Admit(headers, note) => {
             ex.outcome.note = note;
             Ok(Some(headers))

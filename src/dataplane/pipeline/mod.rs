@@ -99,17 +99,22 @@ impl Pipeline {
         let shared = &*self.0;
         let observed = observe::Observed::start(&mut req, &shared.metrics);
         let mut ex = Exchange::new(shared.snapshots.load(), Instant::now());
-        let response = self.stages(&mut ex, req).await;
-        observed.finish(&ex, &shared.metrics, response)
+        let response = self.stages(&mut ex, req, observed.logging()).await;
+        observed.finish(&ex, &shared.metrics, shared.peer.ip, response)
     }
 
-    async fn stages(&self, ex: &mut Exchange, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn stages(
+        &self,
+        ex: &mut Exchange,
+        mut req: Request<Incoming>,
+        logging: bool,
+    ) -> Response<ProxyBody> {
         let shared = &*self.0;
         if let Err(error) = admit::admit(ex, &shared.peer, &mut req) {
             return answer::refuse_early(ex, error, req).await;
         }
         let client = shared.peer.header.to_str().unwrap_or("");
-        let rate_headers = match limit::check(ex, &req, client).await {
+        let rate_headers = match limit::check(ex, &req, client, logging).await {
             Ok(headers) => headers,
             Err((error, headers)) => {
                 let mut response = answer::refuse_early(ex, error, req).await;

@@ -4,10 +4,13 @@
 //! It brackets every other stage so that what it measures is what the client saw, including
 //! the answers backstop gave itself.
 
+use std::net::IpAddr;
+
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::exchange::Exchange;
+use super::outcome::render_trail;
 use crate::dataplane::body::ProxyBody;
 use crate::dataplane::forward::{self, REQUEST_ID};
 use crate::metrics::Metrics;
@@ -38,12 +41,18 @@ impl Observed {
         }
     }
 
+    /// Whether this request may get an access log line.
+    pub fn logging(&self) -> bool {
+        self.path.is_some()
+    }
+
     /// Counts the answer in the metrics and SLOs, writes the access log line, and returns the
     /// response with its request id.
     pub fn finish(
         self,
         ex: &Exchange,
         metrics: &Metrics,
+        client: IpAddr,
         mut response: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
         let elapsed = ex.started.elapsed();
@@ -66,10 +75,13 @@ impl Observed {
                     .observe(elapsed.as_secs_f64());
             }
         }
-        if let Some(path) = self.path {
+        if let Some(path) = self.path.filter(|_| sampled(ex, status)) {
+            let trail = render_trail(outcome, |a| ex.names(a.upstream, a.endpoint));
+            let rate_key = outcome.rate_key.map(|h| format!("{h:08x}"));
             tracing::info!(
                 target: ACCESS_LOG_TARGET,
                 request_id = self.request_id.to_str().unwrap_or(""),
+                client = %client,
                 method = %self.method,
                 path,
                 route = ex.route_name(),
@@ -77,7 +89,11 @@ impl Observed {
                 endpoint = ex.endpoint_address(),
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
+                upstream_ms = outcome.upstream_time.as_secs_f64() * 1000.0,
                 attempts = outcome.attempts,
+                flags = %outcome.flags.render(),
+                trail,
+                rate_key = rate_key.as_deref().unwrap_or(""),
                 reason = outcome.reason.map_or("", |r| r.reason()),
                 note = outcome.note.unwrap_or(""),
                 "request"
@@ -87,6 +103,15 @@ impl Observed {
         drop(self.in_flight);
         response
     }
+}
+
+/// Whether the request gets a line: always when it failed or backstop stepped in (a 5xx, an
+/// answer of its own, any flag), else with the configured `access_log.sample` chance.
+fn sampled(ex: &Exchange, status: u16) -> bool {
+    let outcome = &ex.outcome;
+    let eventful = status >= 500 || outcome.reason.is_some() || !outcome.flags.is_empty();
+    let share = ex.snapshot.config.access_log.sample;
+    eventful || share >= 1.0 || (share > 0.0 && rand::random::<f64>() < share)
 }
 
 /// Counts a request in the in-flight gauge until dropped, even if the client goes away.

@@ -26,8 +26,9 @@ pub fn wanted(ex: &Exchange, call: Call) -> bool {
         .is_some_and(|p| p.on.matches(call.result).is_some())
 }
 
-/// Decides whether to send another attempt and, if so, waits out the back-off. `Err` means
-/// answer with what we have, with a note for the access log when a rule refused a retry.
+/// Decides whether to send another attempt and, if so, waits out the back-off; `Ok` names the
+/// retry condition that matched. `Err` means answer with what we have, with a note for the
+/// access log when a rule refused a retry.
 pub async fn decide(
     ex: &Exchange,
     kind: RequestKind,
@@ -35,7 +36,7 @@ pub async fn decide(
     attempt: u32,
     can_replay: bool,
     response: Option<&Response<ProxyBody>>,
-) -> Result<(), Option<&'static str>> {
+) -> Result<&'static str, Option<&'static str>> {
     let route = ex.route();
     let policy = route.config.retry.as_ref().ok_or(None)?;
     let reason = match retry::decide(policy, kind, call.result, attempt) {
@@ -59,7 +60,7 @@ pub async fn decide(
     }
     ex.snapshot.metrics.retry(&route.config.name, reason);
     tokio::time::sleep(backoff).await;
-    Ok(())
+    Ok(reason)
 }
 
 /// The upstream's Retry-After in seconds, if it sent one.

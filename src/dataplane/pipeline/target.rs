@@ -28,6 +28,9 @@ pub struct Target {
     /// The bulkhead slot; held until the response headers arrive (by a WebSocket tunnel, until
     /// it closes).
     pub slot: Slot,
+    /// Why the route's own upstream did not take the attempt, when another one does: a
+    /// refusal's reason (`circuit_open`, `overloaded`...) or `no_available_endpoint`.
+    pub passed_over: Option<&'static str>,
 }
 
 /// Where a request that may have been delivered must stay: the upstream (provider) and
@@ -61,14 +64,22 @@ pub fn choose(
     let candidates = std::iter::once(config.upstream).chain(config.failover.iter().copied());
     let mut refusal = None;
     let mut fallback = None;
+    let mut passed_over = None;
     for u in candidates {
         let Some(endpoint) = pick(&snapshot.upstreams[u], u, tried, &|_| true, now) else {
             fallback.get_or_insert(u);
+            passed_over.get_or_insert("no_available_endpoint");
             continue;
         };
         match enter(snapshot, route, u, endpoint, now) {
-            Ok(target) => return Ok(target),
+            Ok(target) => {
+                return Ok(Target {
+                    passed_over,
+                    ..target
+                })
+            }
             Err(error) => {
+                passed_over.get_or_insert(error.reason());
                 refusal.get_or_insert(error);
             }
         }
@@ -116,6 +127,7 @@ fn enter(
         endpoint,
         permit,
         slot,
+        passed_over: None,
     })
 }
 

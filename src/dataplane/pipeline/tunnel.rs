@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::attempt::{self, upstream_request};
 use super::exchange::Exchange;
+use super::outcome::{Attempt, End};
 use super::{answer, record, target};
 use crate::dataplane::body::ProxyBody;
 use crate::dataplane::client_body::ClientBody;
@@ -50,7 +51,16 @@ pub async fn deliver(ex: &mut Exchange, mut req: Request<Incoming>) -> Response<
     };
     let timeout = ex.deadline().saturating_duration_since(Instant::now());
     let sent = attempt::send(upstream, endpoint_index, request, timeout, Via::Upgrade).await;
-    if let Some(fault) = attempt::client_fault(&watch, sent.call) {
+    let fault = attempt::client_fault(&watch, sent.call);
+    ex.outcome.attempted(Attempt {
+        upstream: upstream_index,
+        endpoint: endpoint_index,
+        end: End::of(sent.call.result, fault.is_some()),
+        elapsed: sent.call.elapsed,
+        why: None,
+        failover: target.passed_over,
+    });
+    if let Some(fault) = fault {
         drop(target);
         return closing(answer::refuse(ex, Some(upstream_index), fault));
     }
