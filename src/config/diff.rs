@@ -100,6 +100,7 @@ fn upstream_fields(o: &Upstream, u: &Upstream) -> Vec<String> {
     check("connect_timeout", o.connect_timeout != u.connect_timeout);
     check("tls", o.tls != u.tls);
     check("host_header", o.host_header != u.host_header);
+    check("protocol", o.protocol != u.protocol);
     check(
         "idle_timeout/max_idle_connections",
         o.idle_timeout != u.idle_timeout || o.max_idle_connections != u.max_idle_connections,

@@ -21,7 +21,7 @@ pub use diff::diff;
 pub use error::{ConfigError, ConfigIssue, Position};
 pub use model::{
     Cidr, Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route,
-    ServerLimits, Tls, Upgrade, Upstream,
+    ServerLimits, Tls, Upgrade, Upstream, UpstreamProtocol,
 };
 pub use redact::redact_url;
 
