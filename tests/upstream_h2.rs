@@ -47,10 +47,12 @@ impl Seen {
 /// SETTINGS_MAX_CONCURRENT_STREAMS of the servers unless a test says otherwise.
 const PLAIN: u32 = 200;
 
+type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
 async fn handle(
     seen: Arc<Seen>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<Response<TestBody>, std::convert::Infallible> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -82,7 +84,18 @@ async fn handle(
         String::from_utf8_lossy(&body),
         parts.uri.authority().map_or("", |a| a.as_str())
     );
-    Ok(Response::new(Full::new(Bytes::from(text))))
+    if parts.uri.path() == "/stall" {
+        // One piece of the body, then nothing: the server's behaviour, not a test wait.
+        let piece = Ok(hyper::body::Frame::data(Bytes::from_static(b"partial")));
+        let frames = futures_util::StreamExt::chain(
+            futures_util::stream::iter([piece]),
+            futures_util::stream::pending(),
+        );
+        return Ok(Response::new(
+            http_body_util::StreamBody::new(frames).boxed_unsync(),
+        ));
+    }
+    Ok(Response::new(Full::new(Bytes::from(text)).boxed_unsync()))
 }
 
 /// Serves one accepted connection as HTTP/2 and counts its end.
@@ -262,6 +275,52 @@ async fn an_idle_connection_is_closed_after_idle_timeout() {
     .await;
     assert_eq!(get(url).await.status, StatusCode::OK);
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+}
+
+/// With `max_idle_connections: 0` a connection closes as soon as its last stream ended.
+#[tokio::test]
+async fn max_idle_connections_zero_closes_after_each_use() {
+    let (addr, seen) = h2c_server(PLAIN).await;
+    let app = proxy(&config(addr, "    max_idle_connections: 0\n")).await;
+    let url = format!("http://{}/", app.proxy_addr());
+    for round in 1..=2 {
+        assert_eq!(get(url.clone()).await.status, StatusCode::OK);
+        eventually(Duration::from_secs(5), || async {
+            seen.closed.load(Ordering::SeqCst) == round
+        })
+        .await;
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+}
+
+/// A response body that stalls past `read_timeout` is cut and counted; only its stream is
+/// reset: the next request goes over the same connection.
+#[tokio::test]
+async fn a_stalled_body_is_cut_and_the_connection_stays() {
+    let (addr, seen) = h2c_server(PLAIN).await;
+    let app = proxy(&config(addr, "    read_timeout: 300ms\n")).await;
+    let url = format!("http://{}/stall", app.proxy_addr());
+    let started = tokio::time::Instant::now();
+    let response = support::client()
+        .request(Request::get(url).body(Full::default()).unwrap())
+        .await
+        .expect("headers arrive");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the body was cut"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let metrics = support::metrics(&app).await;
+    let series =
+        format!("backstop_upstream_read_timeouts_total{{endpoint=\"{addr}\",upstream=\"svc\"}}");
+    assert_eq!(support::sample(&metrics, &series), Some(1.0), "{metrics}");
+    assert_eq!(
+        get(format!("http://{}/", app.proxy_addr())).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.closed.load(Ordering::SeqCst), 0);
 }
 
 /// Over TLS the proxy offers ALPN h2 and the server speaks HTTP/2 to it.
