@@ -13,8 +13,10 @@
 //!   goes out on another connection; a stream the server refused (`RST_STREAM` with
 //!   `REFUSED_STREAM`) or that a `GOAWAY` says the server never processed (stream id above
 //!   its last-stream-id, or the request met the GOAWAY before getting a stream) is
-//!   [`SendError::NotProcessed`], so the proxy sends it once more on a fresh connection.
-//!   Anything else after the request was handed to hyper is [`SendError::Failed`].
+//!   [`SendError::NotProcessed`], and that connection takes no new streams, so the proxy's
+//!   one re-send ([`Via::Fresh`]) goes to another connection (the one being opened, shared,
+//!   rather than one new connection per re-sent request). Anything else after the request was
+//!   handed to hyper is [`SendError::Failed`].
 //! - A connection that received a GOAWAY or failed is no longer used; one with no stream of
 //!   ours for `idle_timeout` is closed by its driver task; at most `max_idle_connections`
 //!   connections without streams are kept per endpoint.
@@ -186,15 +188,13 @@ pub(super) async fn send(
             target.address
         )));
     }
+    // Via::Fresh (the proxy sends a request again after NotProcessed) needs no connection of
+    // its own here: the connection that refused or dropped the request was retired by
+    // `classify`, so the checkout takes another one, or the one being opened, instead of
+    // every re-sent request opening its own (a GOAWAY can hand back a hundred at once).
     let mut request = into_h2(request, target, pool.tls.is_some());
-    let mut fresh = via == Via::Fresh;
     for _ in 0..UNSENT_TRIES {
-        let stream = if fresh {
-            fresh_stream(pool, target).await?
-        } else {
-            checkout(pool, target).await?
-        };
-        fresh = false;
+        let stream = checkout(pool, target).await?;
         let Some(conn) = stream.conn.clone() else {
             continue;
         };
@@ -224,7 +224,8 @@ pub(super) async fn send(
     )))
 }
 
-/// Whether the server provably did not process the request.
+/// Whether the server provably did not process the request. A connection that refused a
+/// stream or said GOAWAY takes no new streams: the ones on it finish, then it closes.
 fn classify(conn: &Conn, error: hyper::Error) -> SendError {
     let h2 = std::error::Error::source(&error).and_then(|s| s.downcast_ref::<h2::Error>());
     match h2 {
@@ -237,6 +238,7 @@ fn classify(conn: &Conn, error: hyper::Error) -> SendError {
         Some(e)
             if e.is_remote() && e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM) =>
         {
+            conn.shared.closed.store(true, Ordering::Release);
             SendError::NotProcessed(format!("the upstream refused the stream: {error}"))
         }
         _ => SendError::Failed(error),
@@ -344,20 +346,6 @@ fn join_or_start_connect(pool: &Pool, target: &Arc<Target>) -> Connecting {
         })));
     });
     rx
-}
-
-/// A stream on a new connection of its own ([`Via::Fresh`]); the connection joins the pool.
-async fn fresh_stream(pool: &Pool, target: &Arc<Target>) -> Result<Stream, SendError> {
-    let conn = Connector::of(pool, target)
-        .connect(target)
-        .await
-        .map_err(|e| match e {
-            SendError::Connect(m) => SendError::Connect(m),
-            other => SendError::Connect(other.to_string()),
-        })?;
-    conn.try_take(false);
-    lock(&target.h2.conns).push(conn.clone());
-    Ok(lease(conn, pool, target))
 }
 
 /// What opening a connection needs, owned, so it can run in its own task.
