@@ -323,6 +323,55 @@ async fn a_stalled_body_is_cut_and_the_connection_stays() {
     assert_eq!(seen.closed.load(Ordering::SeqCst), 0);
 }
 
+/// Active health checks go over HTTP/2 too.
+#[tokio::test]
+async fn health_checks_speak_http2() {
+    let (addr, seen) = h2c_server(PLAIN).await;
+    let check = "    health_check: { path: /health, interval: 50ms, timeout: 1s }\n";
+    let _app = proxy(&config(addr, check)).await;
+    eventually(Duration::from_secs(5), || async {
+        seen.requests().len() >= 2
+    })
+    .await;
+    assert!(seen
+        .requests()
+        .iter()
+        .all(|(v, m, _)| *v == Version::HTTP_2 && m == "GET"));
+    assert_eq!(
+        seen.accepted.load(Ordering::SeqCst),
+        1,
+        "checks share the connection"
+    );
+}
+
+/// A TLS server that accepts TCP but never answers the handshake: the connect timeout
+/// bounds the wait, 502.
+#[tokio::test]
+async fn connect_timeout_bounds_a_silent_tls_handshake() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let extra = "    connect_timeout: 200ms\n    tls: { sni: api.h2.test }\n";
+    let app = proxy(&config(addr, extra)).await;
+    let started = tokio::time::Instant::now();
+    let answer = get(format!("http://{}/", app.proxy_addr())).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(accepted.load(Ordering::SeqCst) >= 1);
+}
+
 /// Over TLS the proxy offers ALPN h2 and the server speaks HTTP/2 to it.
 #[tokio::test]
 async fn tls_upstream_negotiates_h2_with_alpn() {
