@@ -296,6 +296,9 @@ async fn checkout(pool: &Pool, target: &Arc<Target>) -> Result<Stream, SendError
                 break result;
             }
             if connecting.changed().await.is_err() {
+                // The connect task ended without a word (runtime shutting down): let the next
+                // request start its own instead of joining a dead one.
+                lock(&target.h2.connecting).take_if(|c| c.same_channel(&connecting));
                 break Err(format!("{}: connect abandoned", target.address));
             }
         };
