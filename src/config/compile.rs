@@ -247,6 +247,11 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
             .as_ref()
             .and_then(|t| tls(issues, &format!("{path}.tls"), t)),
         host_header,
+        protocol: compile_policy::protocol(
+            issues,
+            &format!("{path}.protocol"),
+            raw.protocol.as_ref(),
+        ),
         idle_timeout,
         read_timeout,
         max_idle_connections: raw
@@ -504,10 +509,11 @@ fn route(
         rate_limit: raw.rate_limit.as_ref().and_then(|r| {
             compile_policy::rate_limit(issues, &format!("{path}.rate_limit"), r, has_redis)
         }),
-        upgrade: raw
-            .upgrade
-            .as_ref()
-            .and_then(|u| upgrade(issues, &format!("{path}.upgrade"), u)),
+        upgrade: raw.upgrade.as_ref().and_then(|u| {
+            let upgrade = upgrade(issues, &format!("{path}.upgrade"), u)?;
+            upgrade_over_http1(issues, &format!("{path}.upgrade"), u, raw, upstreams);
+            Some(upgrade)
+        }),
     })
 }
 
@@ -519,6 +525,33 @@ fn upgrade(issues: &mut Issues, path: &str, raw: &validate::Text) -> Option<Upgr
             let message = format!("unknown upgrade {other:?}: expected websocket");
             issues.unknown(path, raw, other, message, &["websocket"]);
             None
+        }
+    }
+}
+
+/// An upgrade is an HTTP/1.1 mechanism: refuses it on a route whose upstream (or a failover
+/// upstream) is `protocol: http2`.
+fn upgrade_over_http1(
+    issues: &mut Issues,
+    path: &str,
+    at: &validate::Text,
+    raw: &RawRoute,
+    upstreams: &BTreeMap<String, RawUpstream>,
+) {
+    let failover = raw.failover.iter().flatten().map(|f| &f.value);
+    for name in std::iter::once(&raw.upstream.value).chain(failover) {
+        let http2 = upstreams
+            .get(name)
+            .and_then(|u| u.protocol.as_ref())
+            .is_some_and(|p| p.value.trim() == "http2");
+        if http2 {
+            issues.at(
+                path,
+                at,
+                format!(
+                    "upgrade needs an HTTP/1.1 upstream, but upstream {name:?} has protocol: http2"
+                ),
+            );
         }
     }
 }

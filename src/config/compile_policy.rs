@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::model::RedisConfig;
-use super::model::{HealthCheck, LoadBalancing};
+use super::model::{HealthCheck, LoadBalancing, UpstreamProtocol};
 use super::raw::{
     RawCircuitBreaker, RawHealthCheck, RawOutlier, RawRate, RawRateLimit, RawRedis, RawRoute,
     RawSli, RawSlo,
@@ -405,6 +405,24 @@ pub(crate) fn load_balancing(
             );
             issues.unknown(path, r, other, message, &NAMES);
             LoadBalancing::P2cEwma
+        }
+    }
+}
+
+/// `protocol:` on an upstream (default http1).
+pub(crate) fn protocol(
+    issues: &mut Issues,
+    path: &str,
+    raw: Option<&Spanned<String>>,
+) -> UpstreamProtocol {
+    const NAMES: [&str; 2] = ["http1", "http2"];
+    match raw.map(|r| (r, r.value.trim())) {
+        None | Some((_, "http1")) => UpstreamProtocol::Http1,
+        Some((_, "http2")) => UpstreamProtocol::Http2,
+        Some((r, other)) => {
+            let message = format!("unknown protocol {other:?}: expected http1 or http2");
+            issues.unknown(path, r, other, message, &NAMES);
+            UpstreamProtocol::Http1
         }
     }
 }

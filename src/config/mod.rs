@@ -24,7 +24,7 @@ pub use error::{ConfigError, ConfigIssue, Position};
 pub use lint::{lint, Finding, RULES as LINT_RULES};
 pub use model::{
     AccessLog, Cidr, Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route,
-    ServerLimits, Tls, Upgrade, Upstream,
+    ServerLimits, Tls, Upgrade, Upstream, UpstreamProtocol,
 };
 pub use redact::redact_url;
 

@@ -179,6 +179,8 @@ pub struct Upstream {
     pub tls: Option<Tls>,
     /// Host header to send instead of the client's.
     pub host_header: Option<HeaderValue>,
+    /// HTTP version spoken to the endpoints.
+    pub protocol: UpstreamProtocol,
     /// How long an idle pooled connection is kept.
     pub idle_timeout: Duration,
     /// Longest wait for the next piece of a response body.
@@ -195,6 +197,17 @@ pub struct Upstream {
     pub load_balancing: LoadBalancing,
     /// Active health checks.
     pub health_check: Option<HealthCheck>,
+}
+
+/// The HTTP version an upstream speaks (`protocol:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, one request at a time per pooled connection.
+    #[default]
+    Http1,
+    /// HTTP/2: ALPN `h2` over TLS, h2c with prior knowledge without; requests share a few
+    /// multiplexed connections per endpoint.
+    Http2,
 }
 
 /// How an endpoint is chosen within a priority group.

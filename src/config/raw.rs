@@ -207,6 +207,10 @@ pub struct RawUpstream {
     /// Replace the `Host` header sent upstream.
     #[schemars(with = "Option<String>")]
     pub host_header: Option<Text>,
+    /// `http1` (default) or `http2`. HTTP/2 over `tls` is negotiated with ALPN `h2`; without
+    /// `tls` it is h2c with prior knowledge.
+    #[schemars(with = "Option<String>")]
+    pub protocol: Option<Text>,
     /// How long an idle pooled connection is kept.
     #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<Text>,

@@ -2,7 +2,8 @@
 //! TLS settings and pool limits.
 //!
 //! The pool itself is [`super::pool`]; this module turns the upstream's config into it,
-//! including the rustls client config (web PKI roots, a CA file, or no verification).
+//! including the rustls client config (web PKI roots, a CA file, or no verification; ALPN `h2`
+//! for `protocol: http2`).
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::ClientConfig;
 
 use super::pool::{Pool, PoolSettings};
-use crate::config::{Tls, Upstream};
+use crate::config::{Tls, Upstream, UpstreamProtocol};
 
 /// The client type every upstream uses.
 pub type UpstreamClient = Pool;
@@ -50,16 +51,13 @@ pub fn build(
         .iter()
         .map(|e| e.address.clone())
         .collect();
-    Ok(Pool::new(
-        &upstream.name,
-        &addresses,
-        settings,
-        tls,
-        metrics,
-    ))
+    Ok(
+        Pool::new(&upstream.name, &addresses, settings, tls, metrics)
+            .with_protocol(upstream.protocol),
+    )
 }
 
-fn tls_config(upstream: &Upstream) -> Result<ClientConfig, ClientError> {
+fn verified_tls_config(upstream: &Upstream) -> Result<ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -95,6 +93,16 @@ fn tls_config(upstream: &Upstream) -> Result<ClientConfig, ClientError> {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The TLS settings of `upstream`, offering ALPN `h2` (and only it) for `protocol: http2`;
+/// an HTTP/1.1 upstream offers no ALPN, as before.
+fn tls_config(upstream: &Upstream) -> Result<ClientConfig, ClientError> {
+    let mut config = verified_tls_config(upstream)?;
+    if upstream.protocol == UpstreamProtocol::Http2 {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
+    Ok(config)
 }
 
 /// `tls: { verify: false }`: accepts any certificate. For test environments only; the

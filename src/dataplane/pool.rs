@@ -1,5 +1,6 @@
 //! Our own upstream connection pool: HTTP/1.1 connections per endpoint, on
-//! `hyper::client::conn::http1`.
+//! `hyper::client::conn::http1`, or, for `protocol: http2` upstreams, a few multiplexed
+//! HTTP/2 connections per endpoint (see [`multiplexed`]).
 //!
 //! Why not hyper-util's pooled client: retries need to know exactly whether a request was
 //! written, and a pool must never hand out a connection the upstream already closed. Here:
@@ -46,6 +47,9 @@ use tokio_rustls::TlsConnector;
 
 use super::request_body::RequestBody;
 use super::stall::Stall;
+use crate::config::UpstreamProtocol;
+
+mod multiplexed;
 
 /// How sending one request failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +100,10 @@ pub struct Target {
     port: u16,
     server_name: Option<ServerName<'static>>,
     idle: Mutex<Vec<Idle>>,
+    /// The HTTP/2 connections (`protocol: http2` only).
+    h2: multiplexed::Endpoint,
+    /// The "server did not select h2" warning was logged (once per endpoint and config).
+    warned_no_h2: AtomicBool,
     read_timeouts: prometheus::IntCounter,
 }
 
@@ -135,6 +143,8 @@ pub struct PoolSettings {
 /// The pool of one upstream.
 pub struct Pool {
     settings: PoolSettings,
+    /// HTTP/1.1 (default) or HTTP/2 to the endpoints.
+    protocol: UpstreamProtocol,
     tls: Option<TlsConnector>,
     targets: Vec<Arc<Target>>,
 }
@@ -143,6 +153,7 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("settings", &self.settings)
+            .field("protocol", &self.protocol)
             .field("tls", &self.tls.is_some())
             .field("targets", &self.targets)
             .finish()
@@ -172,15 +183,25 @@ impl Pool {
                     host,
                     port,
                     idle: Mutex::new(Vec::new()),
+                    h2: multiplexed::Endpoint::default(),
+                    warned_no_h2: AtomicBool::new(false),
                     read_timeouts: metrics.read_timeout_handle(upstream, address),
                 })
             })
             .collect();
         Self {
             settings,
+            protocol: UpstreamProtocol::Http1,
             tls: tls.map(|(config, _)| TlsConnector::from(config)),
             targets,
         }
+    }
+
+    /// The pool speaking `protocol` to its endpoints (HTTP/1.1 unless told). For HTTP/2 over
+    /// TLS, the TLS config must offer ALPN `h2` (the upstream's client config does).
+    pub fn with_protocol(mut self, protocol: UpstreamProtocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Index of the endpoint whose address is `authority`, for callers that address by URI.
@@ -209,11 +230,15 @@ impl Pool {
         self.send(endpoint, request, false).await
     }
 
-    /// Idle connections kept for `endpoint` right now.
+    /// Idle connections kept for `endpoint` right now (for HTTP/2: open connections with no
+    /// request on them).
     pub fn idle_count(&self, endpoint: usize) -> usize {
         self.targets
             .get(endpoint)
-            .map_or(0, |t| lock(&t.idle).len())
+            .map_or(0, |t| match self.protocol {
+                UpstreamProtocol::Http1 => lock(&t.idle).len(),
+                UpstreamProtocol::Http2 => t.h2.idle_count(),
+            })
     }
 
     /// Sends `request` to `endpoint`, on a new connection when `fresh`. A reused connection
@@ -230,7 +255,8 @@ impl Pool {
     }
 
     /// [`Pool::send`] on the connection `via` says. With [`Via::Upgrade`], a 101 answer
-    /// carries the upgrade in its extensions (`hyper::upgrade::on(&mut response)`).
+    /// carries the upgrade in its extensions (`hyper::upgrade::on(&mut response)`); an
+    /// HTTP/2 upstream refuses upgrades ([`SendError::Connect`]).
     pub async fn send_via(
         &self,
         endpoint: usize,
@@ -241,6 +267,9 @@ impl Pool {
             .targets
             .get(endpoint)
             .ok_or_else(|| SendError::Connect(format!("no endpoint {endpoint}")))?;
+        if self.protocol == UpstreamProtocol::Http2 {
+            return multiplexed::send(self, target, request, via).await;
+        }
         loop {
             let idle = match via {
                 Via::Pooled => self.checkout(target),
@@ -255,7 +284,7 @@ impl Pool {
             match conn.sender.try_send_request(request).await {
                 Ok(response) => {
                     conn.io.check_before_write.store(false, Ordering::Release);
-                    let returner = Returner {
+                    let lease = Lease::Http1(Returner {
                         // An upgrade connection has nowhere to return to.
                         target: match via {
                             Via::Upgrade => Weak::new(),
@@ -263,10 +292,10 @@ impl Pool {
                         },
                         conn: Some(conn),
                         max_idle: self.settings.max_idle,
-                    };
+                    });
                     return Ok(response.map(|body| PooledBody {
                         body,
-                        returner,
+                        lease,
                         stall: Stall::new(self.settings.read_timeout),
                     }));
                 }
@@ -318,30 +347,8 @@ impl Pool {
     /// A new connection to `target`; with `upgrades`, its hyper connection can hand its socket
     /// over after a 101.
     async fn connect(&self, target: &Target, upgrades: bool) -> Result<Conn, SendError> {
-        let connect = async {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((target.host.as_str(), target.port))
-                    .await
-                    .map_err(|e| SendError::Connect(format!("resolve {}: {e}", target.address)))?
-                    .collect();
-            let mut last = None;
-            for addr in addrs {
-                match TcpStream::connect(addr).await {
-                    Ok(tcp) => return Ok(tcp),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(SendError::Connect(match last {
-                Some(e) => format!("{}: {e}", target.address),
-                None => format!("{}: no address", target.address),
-            }))
-        };
-        let timeout = self.settings.connect_timeout;
-        let deadline = Instant::now() + timeout;
-        let tcp = tokio::time::timeout_at(deadline, connect)
-            .await
-            .map_err(|_| SendError::Connect(format!("{}: timed out", target.address)))??;
-        let _ = tcp.set_nodelay(true);
+        let deadline = Instant::now() + self.settings.connect_timeout;
+        let tcp = tcp_connect(target, deadline).await?;
         let state = Arc::new(IoState {
             socket: tcp,
             read: AtomicU64::new(0),
@@ -360,15 +367,7 @@ impl Pool {
                 sender
             }
             Some(tls) => {
-                let name = target.server_name.clone().ok_or_else(|| {
-                    SendError::Connect(format!("{}: invalid TLS server name", target.address))
-                })?;
-                let stream = tokio::time::timeout_at(deadline, tls.connect(name, io))
-                    .await
-                    .map_err(|_| {
-                        SendError::Connect(format!("{}: TLS handshake timed out", target.address))
-                    })?
-                    .map_err(|e| SendError::Connect(format!("{}: TLS: {e}", target.address)))?;
+                let stream = tls_connect(tls, target, io, deadline).await?;
                 let (sender, conn) = builder
                     .handshake(TokioIo::new(stream))
                     .await
@@ -379,6 +378,51 @@ impl Pool {
         };
         Ok(Conn { sender, io: state })
     }
+}
+
+/// A TCP connection to `target` (trying each resolved address) by `deadline`, with Nagle off.
+async fn tcp_connect(target: &Target, deadline: Instant) -> Result<TcpStream, SendError> {
+    let connect = async {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| SendError::Connect(format!("resolve {}: {e}", target.address)))?
+            .collect();
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(SendError::Connect(match last {
+            Some(e) => format!("{}: {e}", target.address),
+            None => format!("{}: no address", target.address),
+        }))
+    };
+    let tcp = tokio::time::timeout_at(deadline, connect)
+        .await
+        .map_err(|_| SendError::Connect(format!("{}: timed out", target.address)))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// The TLS handshake with `target` over `io`, by `deadline`.
+async fn tls_connect<IO>(
+    tls: &TlsConnector,
+    target: &Target,
+    io: IO,
+    deadline: Instant,
+) -> Result<tokio_rustls::client::TlsStream<IO>, SendError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let name = target.server_name.clone().ok_or_else(|| {
+        SendError::Connect(format!("{}: invalid TLS server name", target.address))
+    })?;
+    tokio::time::timeout_at(deadline, tls.connect(name, io))
+        .await
+        .map_err(|_| SendError::Connect(format!("{}: TLS handshake timed out", target.address)))?
+        .map_err(|e| SendError::Connect(format!("{}: TLS: {e}", target.address)))
 }
 
 /// Runs a client connection in its own task, able to hand its socket to an upgrade if asked.
@@ -447,14 +491,50 @@ impl Returner {
     }
 }
 
+/// What a response body holds of its connection.
+#[derive(Debug)]
+enum Lease {
+    /// The whole HTTP/1.1 connection, returned at the end of the body.
+    Http1(Returner),
+    /// One stream of an HTTP/2 connection, released at the end of the body or when dropped.
+    Http2(multiplexed::Stream),
+}
+
+impl Lease {
+    /// The body was read to its end.
+    fn finished(&mut self) {
+        match self {
+            Lease::Http1(returner) => returner.give_back(),
+            Lease::Http2(stream) => stream.release(),
+        }
+    }
+
+    /// The body broke off or stalled: an HTTP/1.1 connection is closed (it is mid-response);
+    /// an HTTP/2 stream is reset when the body is dropped, its connection stays.
+    fn broken(&mut self) {
+        match self {
+            Lease::Http1(returner) => returner.conn = None,
+            Lease::Http2(stream) => stream.release(),
+        }
+    }
+
+    fn target(&self) -> Option<Arc<Target>> {
+        match self {
+            Lease::Http1(returner) => returner.target.upgrade(),
+            Lease::Http2(stream) => stream.target(),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// An upstream response body. At its end the connection returns to the pool; dropped
-    /// early, or stalled past `read_timeout`, the connection is closed.
+    /// An upstream response body. At its end the connection returns to the pool (HTTP/2: its
+    /// stream is released); dropped early, or stalled past `read_timeout`, an HTTP/1.1
+    /// connection is closed and an HTTP/2 stream reset.
     #[derive(Debug)]
     pub struct PooledBody {
         #[pin]
         body: Incoming,
-        returner: Returner,
+        lease: Lease,
         stall: Stall,
     }
 }
@@ -470,7 +550,7 @@ impl Body for PooledBody {
         let mut this = self.project();
         match this.body.as_mut().poll_frame(cx) {
             Poll::Ready(None) => {
-                this.returner.give_back();
+                this.lease.finished();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -478,18 +558,18 @@ impl Body for PooledBody {
                 // hyper may stop polling once the body says it ended: return the connection
                 // as soon as the last byte is in.
                 if this.body.is_end_stream() {
-                    this.returner.give_back();
+                    this.lease.finished();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.returner.conn = None;
+                this.lease.broken();
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
                 ready!(this.stall.poll_expired(cx));
-                this.returner.conn = None;
-                if let Some(target) = this.returner.target.upgrade() {
+                this.lease.broken();
+                if let Some(target) = this.lease.target() {
                     target.read_timeouts.inc();
                 }
                 Poll::Ready(Some(Err(PoolError::ReadTimeout)))
