@@ -270,6 +270,9 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
                 Some(m.value)
             }
         }),
+        adaptive_concurrency: raw.adaptive_concurrency.as_ref().map(|a| {
+            super::compile_adaptive::adaptive(issues, &format!("{path}.adaptive_concurrency"), a)
+        }),
         circuit_breaker: raw
             .circuit_breaker
             .as_ref()

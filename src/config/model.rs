@@ -189,6 +189,8 @@ pub struct Upstream {
     pub max_idle_connections: usize,
     /// Bulkhead limit on requests in flight.
     pub max_concurrent_requests: Option<u32>,
+    /// A concurrency limit learned from latency and failures.
+    pub adaptive_concurrency: Option<crate::policy::adaptive::AdaptiveConfig>,
     /// Upstream-level circuit breaker.
     pub circuit_breaker: Option<BreakerConfig>,
     /// Passive per-endpoint ejection.

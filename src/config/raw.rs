@@ -223,6 +223,9 @@ pub struct RawUpstream {
     /// Bulkhead: most requests in flight to this upstream; beyond it, 503 upstream_overloaded.
     #[schemars(with = "Option<u32>")]
     pub max_concurrent_requests: Option<Spanned<u32>>,
+    /// A concurrency limit learned from the upstream's latency and failures.
+    #[schemars(with = "Option<RawAdaptive>")]
+    pub adaptive_concurrency: Option<Spanned<RawAdaptive>>,
     /// Circuit breaker for the whole upstream.
     #[schemars(with = "Option<RawCircuitBreaker>")]
     pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
@@ -320,6 +323,43 @@ pub struct RawSlowCall {
     /// Fewest calls before the rate counts (default: failure_rate's, else 20).
     #[schemars(with = "Option<u32>")]
     pub min_requests: Option<Spanned<u32>>,
+}
+
+/// `adaptive_concurrency:`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    /// `gradient` (default) or `aimd`.
+    #[schemars(with = "Option<String>")]
+    pub algorithm: Option<Text>,
+    /// Lowest limit (default 5).
+    #[schemars(with = "Option<u32>")]
+    pub min_limit: Option<Spanned<u32>>,
+    /// Highest limit (default 1000).
+    #[schemars(with = "Option<u32>")]
+    pub max_limit: Option<Spanned<u32>>,
+    /// Limit at start (default 20).
+    #[schemars(with = "Option<u32>")]
+    pub initial_limit: Option<Spanned<u32>>,
+    /// How often the limit moves (default 100ms).
+    #[schemars(with = "Option<String>")]
+    pub window: Option<Text>,
+    /// gradient: latency may grow to this multiple of the no-load latency before the limit
+    /// shrinks (default 1.5).
+    #[schemars(with = "Option<f64>")]
+    pub tolerance: Option<Spanned<f64>>,
+    /// gradient: the no-load latency is the lowest window latency over this long (default 30s).
+    #[schemars(with = "Option<String>")]
+    pub baseline_window: Option<Text>,
+    /// Multiplier on a window with drops (default 0.9).
+    #[schemars(with = "Option<f64>")]
+    pub backoff: Option<Spanned<f64>>,
+    /// aimd: an answer slower than this is a drop (default 1s).
+    #[schemars(with = "Option<String>")]
+    pub latency_threshold: Option<Text>,
+    /// enforce (default) or shadow.
+    #[schemars(with = "Option<String>")]
+    pub mode: Option<Text>,
 }
 
 /// `outlier_detection:`

@@ -5,6 +5,7 @@
 //! produces itself are mapped to responses in [`rescue`] and nowhere else.
 
 pub mod activity;
+pub mod adaptive_cell;
 pub mod balancer;
 pub mod body;
 pub mod breaker_cell;

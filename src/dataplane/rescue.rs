@@ -54,6 +54,10 @@ pub enum ProxyError {
     /// max_concurrent_requests is reached.
     #[error("too many requests in flight to this upstream")]
     Overloaded,
+    /// The upstream's adaptive concurrency limit is reached: its latency or failures say it
+    /// is at capacity.
+    #[error("the upstream is at the concurrency its latency allows; try again shortly")]
+    AdaptiveConcurrencyLimited,
     /// The route's rate limit is exhausted for this key.
     #[error("rate limit exceeded; see the RateLimit and Retry-After headers")]
     RateLimited {
@@ -102,6 +106,7 @@ impl ProxyError {
             ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::CircuitHalfOpen { .. } => "circuit_half_open",
             ProxyError::Overloaded => "upstream_overloaded",
+            ProxyError::AdaptiveConcurrencyLimited => "adaptive_concurrency_limited",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::RateLimitKeyMissing => "rate_limit_key_missing",
             ProxyError::TooManyStreams => "too_many_streams",
@@ -136,7 +141,8 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::CircuitOpen { .. }
             | ProxyError::CircuitHalfOpen { .. }
-            | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::Overloaded
+            | ProxyError::AdaptiveConcurrencyLimited => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -9,6 +9,7 @@ use http::HeaderValue;
 
 use std::sync::Arc;
 
+use super::adaptive_cell::AdaptiveCell;
 use super::balancer::Balancer;
 use super::breaker_cell::BreakerCell;
 use super::bulkhead::Bulkhead;
@@ -65,6 +66,8 @@ pub struct LiveUpstream {
     pub ejection: Option<Arc<EjectionCell>>,
     /// In-flight accounting and limit.
     pub bulkhead: Arc<Bulkhead>,
+    /// Adaptive concurrency limit.
+    pub adaptive: Option<Arc<AdaptiveCell>>,
 }
 
 impl LiveUpstream {
@@ -146,6 +149,12 @@ impl LiveUpstream {
                 EjectionCell::new(o, &config.name, addresses, metrics)
             }),
             bulkhead: Bulkhead::new(&config.name, config.max_concurrent_requests, metrics),
+            // The learned limit survives a reload that leaves its config as it was.
+            adaptive: config.adaptive_concurrency.as_ref().map(|wanted| {
+                let before = previous.and_then(|p| p.adaptive.as_ref());
+                crate::runtime::live_route::kept(before, |a| a.config() == *wanted)
+                    .unwrap_or_else(|| AdaptiveCell::new(wanted.clone(), &config.name, metrics))
+            }),
         })
     }
 }

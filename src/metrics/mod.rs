@@ -82,6 +82,9 @@ struct Families {
     endpoint_ejections: IntCounterVec,
     upstream_in_flight: IntGaugeVec,
     overload_rejected: IntCounterVec,
+    adaptive_limit: IntGaugeVec,
+    adaptive_in_flight: IntGaugeVec,
+    adaptive_rejections: IntCounterVec,
     retries: IntCounterVec,
     budget_exhausted: IntCounterVec,
     outcome_unknown: IntCounterVec,
@@ -184,6 +187,9 @@ impl Metrics {
             endpoint_ejections: counters(r, names::ENDPOINT_EJECTIONS_TOTAL, "Outlier ejections per endpoint.", &["upstream", "endpoint"]),
             upstream_in_flight: gauges(r, names::UPSTREAM_IN_FLIGHT, "Requests in flight to the upstream.", &["upstream"]),
             overload_rejected: counters(r, names::OVERLOAD_REJECTED_TOTAL, "Requests rejected by max_concurrent_requests.", &["upstream"]),
+            adaptive_limit: gauges(r, names::ADAPTIVE_LIMIT, "The adaptive concurrency limit of the upstream.", &["upstream"]),
+            adaptive_in_flight: gauges(r, names::ADAPTIVE_IN_FLIGHT, "Requests in flight under the adaptive concurrency limit.", &["upstream"]),
+            adaptive_rejections: counters(r, names::ADAPTIVE_REJECTIONS_TOTAL, "Requests rejected (enforce) or that would have been rejected (shadow) by the adaptive concurrency limit.", &["upstream", "mode"]),
             retries: counters(r, names::RETRIES_TOTAL, "Retries by route and triggering condition.", &["route", "reason"]),
             budget_exhausted: counters(r, names::RETRY_BUDGET_EXHAUSTED_TOTAL, "Retries refused by the retry budget.", &["route"]),
             outcome_unknown: counters(r, names::OUTCOME_UNKNOWN_TOTAL, "Non-idempotent requests that failed after being sent and were not retried.", &["route", "upstream"]),
@@ -401,6 +407,22 @@ impl Metrics {
         (
             self.0.upstream_in_flight.with_label_values(&[upstream]),
             self.0.overload_rejected.with_label_values(&[upstream]),
+        )
+    }
+
+    /// The limit gauge, in-flight gauge and rejection counter of an upstream's adaptive
+    /// concurrency limit in `mode`.
+    pub fn adaptive(
+        &self,
+        upstream: &str,
+        mode: &str,
+    ) -> (IntGauge, IntGauge, prometheus::IntCounter) {
+        (
+            self.0.adaptive_limit.with_label_values(&[upstream]),
+            self.0.adaptive_in_flight.with_label_values(&[upstream]),
+            self.0
+                .adaptive_rejections
+                .with_label_values(&[upstream, mode]),
         )
     }
 

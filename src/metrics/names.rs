@@ -35,6 +35,12 @@ pub const ENDPOINT_EJECTIONS_TOTAL: &str = "backstop_endpoint_ejections_total";
 pub const UPSTREAM_IN_FLIGHT: &str = "backstop_upstream_in_flight";
 /// Requests rejected by an upstream's max_concurrent_requests.
 pub const OVERLOAD_REJECTED_TOTAL: &str = "backstop_overload_rejected_total";
+/// The adaptive concurrency limit of an upstream.
+pub const ADAPTIVE_LIMIT: &str = "backstop_adaptive_concurrency_limit";
+/// Requests in flight under an upstream's adaptive concurrency limit.
+pub const ADAPTIVE_IN_FLIGHT: &str = "backstop_adaptive_concurrency_in_flight";
+/// Requests the adaptive concurrency limit rejected (enforce) or would have (shadow).
+pub const ADAPTIVE_REJECTIONS_TOTAL: &str = "backstop_adaptive_concurrency_rejections_total";
 /// Retries by route and the condition that triggered them.
 pub const RETRIES_TOTAL: &str = "backstop_retries_total";
 /// Retries refused by the route's retry budget.

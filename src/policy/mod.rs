@@ -3,6 +3,7 @@
 //! Each policy takes `now` and returns a decision; the dataplane adapts it (locks, metrics,
 //! logs, responses). That keeps every rule testable with a fake clock and no network.
 
+pub mod adaptive;
 pub mod breaker;
 pub mod classify;
 pub mod health;

@@ -86,6 +86,7 @@ pub fn classify(
                         | ProxyError::CircuitOpen { .. }
                         | ProxyError::CircuitHalfOpen { .. }
                         | ProxyError::Overloaded
+                        | ProxyError::AdaptiveConcurrencyLimited
                         | ProxyError::TooManyStreams
                 )
             );

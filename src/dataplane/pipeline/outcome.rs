@@ -172,7 +172,7 @@ impl Flags {
             ProxyError::ConnectFailed => Flags::CONNECT_FAILURE,
             ProxyError::Timeout => Flags::TIMEOUT,
             ProxyError::UpstreamError => Flags::RESET,
-            ProxyError::Overloaded => Flags::OVERFLOW,
+            ProxyError::Overloaded | ProxyError::AdaptiveConcurrencyLimited => Flags::OVERFLOW,
             ProxyError::RateLimited { .. } => Flags::RATE_LIMITED,
             ProxyError::CircuitOpen { .. } | ProxyError::CircuitHalfOpen { .. } => {
                 Flags::CIRCUIT_OPEN

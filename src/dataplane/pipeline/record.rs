@@ -1,5 +1,6 @@
 //! Stage 8, outcome classification: an attempt's [`Call`] feeds the endpoint's load estimate
-//! and attempt metrics, the breaker that admitted it and outlier detection.
+//! and attempt metrics, the breaker that admitted it, the adaptive concurrency limit and
+//! outlier detection.
 
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ pub fn record(snapshot: &Snapshot, target: Target, call: Call) -> Slot {
             // The breaker just saw the upstream healthy again: so should the balancer.
             load::forgive(&upstream.endpoints, target.endpoint, now);
         }
+    }
+    if let Some(adaptive) = target.adaptive {
+        adaptive.record(call, now);
     }
     if let Some(ejection) = &upstream.ejection {
         let failure = failure_set.unwrap_or_default().is_failure(call.result);

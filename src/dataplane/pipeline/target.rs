@@ -1,4 +1,5 @@
-//! Stages 4 to 6, breaker admission, bulkhead and endpoint choice: where the next attempt goes: which upstream (the route's, else its failover list) and which
+//! Stages 4 to 6, breaker admission, bulkhead (the fixed `max_concurrent_requests` and the
+//! adaptive limit) and endpoint choice: where the next attempt goes: which upstream (the route's, else its failover list) and which
 //! endpoint, past the breaker and the bulkhead.
 //!
 //! An upstream can take an attempt when its breaker admits it, its bulkhead has room, and it
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::dataplane::adaptive_cell::AdaptivePermit;
 use crate::dataplane::breaker_cell::{BreakerCell, Permit};
 use crate::dataplane::bulkhead::Slot;
 use crate::dataplane::rescue::ProxyError;
@@ -28,6 +30,8 @@ pub struct Target {
     /// The bulkhead slot; held until the response headers arrive (by a WebSocket tunnel, until
     /// it closes).
     pub slot: Slot,
+    /// The place under the upstream's adaptive concurrency limit, when it has one.
+    pub adaptive: Option<AdaptivePermit>,
     /// Why the route's own upstream did not take the attempt, when another one does: a
     /// refusal's reason (`circuit_open`, `overloaded`...) or `no_available_endpoint`.
     pub passed_over: Option<&'static str>,
@@ -122,11 +126,19 @@ fn enter(
         .bulkhead
         .try_enter()
         .ok_or(ProxyError::Overloaded)?;
+    let adaptive = match &upstream.adaptive {
+        Some(cell) => Some(
+            cell.try_acquire()
+                .ok_or(ProxyError::AdaptiveConcurrencyLimited)?,
+        ),
+        None => None,
+    };
     Ok(Target {
         upstream: u,
         endpoint,
         permit,
         slot,
+        adaptive,
         passed_over: None,
     })
 }
