@@ -5,6 +5,7 @@
 
 mod compile;
 mod compile_policy;
+mod compile_rules;
 mod compile_server;
 mod diff;
 mod error;
