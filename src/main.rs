@@ -92,7 +92,8 @@ enum Command {
     },
     /// Print the JSON Schema of the config file (for editors' YAML support).
     Schema,
-    /// Print the Prometheus rule file (recording rules and burn-rate alerts) for the SLOs.
+    /// Print the Prometheus rule file (SLO recording rules and burn-rate alerts, operational
+    /// alerts), shaped by `slos_rules:`.
     Rules {
         #[command(flatten)]
         file: ConfigFile,
@@ -136,7 +137,7 @@ fn main() -> ExitCode {
             file: ConfigFile { config },
         } => match config::load(&config) {
             Ok(c) => {
-                print!("{}", backstop::slo::rules::render(&c.slos));
+                print!("{}", backstop::slo::rules::render(&c.slos, &c.slos_rules));
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -74,6 +74,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
         .as_ref()
         .and_then(|r| compile_policy::redis(&mut issues, r));
     let slos = compile_policy::slos(&mut issues, &raw.slos, &raw.routes);
+    let slos_rules = super::compile_rules::slos_rules(&mut issues, raw.slos_rules.as_ref());
     let mut warnings = Vec::new();
     let admin_token = admin_token(&mut issues, &mut warnings, raw.admin.as_ref(), admin_listen);
     let admin_protect_reads = protect_reads(&mut issues, raw.admin.as_ref());
@@ -90,6 +91,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
             sha256,
             redis,
             slos,
+            slos_rules,
             admin_token,
             admin_protect_reads,
             warnings,

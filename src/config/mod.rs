@@ -6,6 +6,7 @@
 mod compile;
 mod compile_adaptive;
 mod compile_policy;
+mod compile_rules;
 mod compile_server;
 mod diff;
 mod error;

@@ -40,6 +40,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Service level objectives.
     pub slos: Vec<crate::slo::SloConfig>,
+    /// Settings of `backstop rules` (`slos_rules:`).
+    pub slos_rules: crate::slo::rules::RulesConfig,
     /// Things that work but should be fixed (e.g. a token file readable by others), one line
     /// each, printed by `validate` and logged at startup and on reload.
     pub warnings: Vec<String>,

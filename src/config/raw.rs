@@ -53,6 +53,8 @@ pub struct RawConfig {
     /// Service level objectives.
     #[serde(default)]
     pub slos: Vec<RawSlo>,
+    /// Settings of `backstop rules` (the Prometheus rule file).
+    pub slos_rules: Option<RawSlosRules>,
 }
 
 /// `access_log:`: which requests get an access log line.
@@ -117,6 +119,27 @@ pub struct RawSlo {
     pub sli: Spanned<RawSli>,
     /// Do not count backstop's own 429s against availability.
     pub exclude_rate_limited: Option<bool>,
+}
+
+/// `slos_rules:` settings of the generated Prometheus rules.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlosRules {
+    /// Labels kept in every aggregation besides the rules' own, e.g. `[job, namespace]`.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub keep_labels: Option<Vec<Text>>,
+    /// Base URL of the `runbook_url` annotations (`#<alert name>` is appended).
+    #[schemars(with = "Option<String>")]
+    pub runbook_base_url: Option<Text>,
+    /// Evaluation interval of the group with the 1d, 3d and period windows, e.g. `5m`.
+    #[schemars(with = "Option<String>")]
+    pub long_window_interval: Option<Text>,
+    /// A breaker open or half-open this long alerts, e.g. `10m`.
+    #[schemars(with = "Option<String>")]
+    pub breaker_open_for: Option<Text>,
+    /// At least this share of an upstream's endpoints ejected alerts, e.g. `50%`.
+    #[schemars(with = "Option<String>")]
+    pub ejected_share: Option<Text>,
 }
 
 /// `sli:`
