@@ -283,3 +283,86 @@ async fn every_admin_view_is_typed_json_matching_its_schema() {
     assert_eq!(upstreams["upstreams"][0]["breaker"], "open");
     assert!(validate(&schemas["/admin/upstreams"], "forced", &upstreams).is_empty());
 }
+
+/// The p99 of the status page over the route's histogram, e.g. `2000 ms`, for `route`.
+fn p99_cell(page: &str, route: &str) -> Option<String> {
+    let row = page
+        .lines()
+        .find(|l| l.starts_with(&format!("<tr><td>{route}</td>")))?;
+    let cells: Vec<&str> = row.split("<td>").skip(1).collect();
+    cells.get(4).map(|c| c.trim_end_matches("</td>").to_owned())
+}
+
+/// A route with a 2s timeout whose upstream takes longer answers 504 at 2s: its p99 on the
+/// status page is at most 2s, although the observations sit in the (1s, 2.5s] bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_p99_never_exceeds_the_route_timeout() {
+    let slow = Backend::start(Behaviour::Delay(Duration::from_secs(3))).await;
+    let yaml = format!(
+        "upstreams:\n  svc:\n    endpoints: [{{ address: \"{}\" }}]\nroutes:\n  - {{ name: slow, upstream: svc, timeout: 2s }}\n",
+        slow.addr
+    );
+    let app = proxy(&yaml).await;
+    let admin = app.admin_addr();
+    // The sampler's first sample (taken at start) is the baseline of the page's rates.
+    eventually(Duration::from_secs(5), || async {
+        p99_cell(
+            &String::from_utf8_lossy(&get(format!("http://{admin}/")).await.body),
+            "slow",
+        )
+        .is_some_and(|c| c != "…")
+    })
+    .await;
+    let url = format!("http://{}/pay", app.proxy_addr());
+    let answers = futures_util::future::join_all((0..4).map(|_| get(url.clone()))).await;
+    assert!(answers.iter().all(|a| a.status == 504));
+    assert_eq!(slow.hits(), 4, "every request reached the backend");
+    let page = String::from_utf8_lossy(&get(format!("http://{admin}/")).await.body).into_owned();
+    let cell = p99_cell(&page, "slow").expect("the route's row");
+    let p99_ms: f64 = cell
+        .strip_suffix(" ms")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("p99 cell {cell:?}"));
+    assert!((1000.0..=2000.0).contains(&p99_ms), "p99 {p99_ms} ms");
+}
+
+/// `metrics.latency_buckets` replaces the histogram's bounds: an SLO threshold of 800ms is
+/// accepted once 800ms is a bound (and refused with the default bounds), /metrics exports the
+/// configured `le` values, and /admin/config shows them.
+#[tokio::test]
+async fn configured_latency_buckets_make_800ms_a_valid_slo_threshold() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let body = format!(
+        "upstreams:\n  svc:\n    endpoints: [{{ address: \"{}\" }}]\nroutes:\n  - {{ name: pay, upstream: svc, timeout: 2s }}\nslos:\n  - {{ name: fast, routes: [pay], objective: 99%, sli: {{ latency_below: 800ms }} }}\n",
+        backend.addr
+    );
+    let refused = backstop::config::load_str(&body).unwrap_err().to_string();
+    assert!(
+        refused.contains("800ms is not a bound of the duration histogram"),
+        "{refused}"
+    );
+    let yaml = format!("metrics:\n  latency_buckets: [5ms, 50ms, 200ms, 800ms, 2s]\n{body}");
+    let app = proxy(&yaml).await;
+    let r = get(format!("http://{}/pay", app.proxy_addr())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(backend.hits(), 1);
+    let m = support::metrics(&app).await;
+    let bucket = |le: &str| {
+        support::sample(
+            &m,
+            &format!(
+                r#"backstop_request_duration_seconds_bucket{{route="pay",upstream="svc",le="{le}"}}"#
+            ),
+        )
+    };
+    assert_eq!(bucket("0.8"), Some(1.0), "{m}");
+    assert_eq!(bucket("2"), Some(1.0), "{m}");
+    assert_eq!(bucket("0.3"), None, "default bounds are gone: {m}");
+    let config = get(format!("http://{}/admin/config", app.admin_addr()))
+        .await
+        .json();
+    assert_eq!(
+        config["metrics"]["latency_buckets_seconds"],
+        serde_json::json!([0.005, 0.05, 0.2, 0.8, 2.0])
+    );
+}

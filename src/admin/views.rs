@@ -726,7 +726,11 @@ pub fn config(snapshot: &Snapshot) -> ConfigView {
         routes: routes(snapshot).routes,
         slos: c.slos.iter().map(|s| slo_config_view(c, s)).collect(),
         metrics: MetricsView {
-            latency_buckets_seconds: crate::metrics::DURATION_BUCKETS.to_vec(),
+            latency_buckets_seconds: c
+                .latency_buckets
+                .iter()
+                .map(Duration::as_secs_f64)
+                .collect(),
         },
     }
 }

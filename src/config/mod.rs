@@ -4,6 +4,7 @@
 //! all go through it, so a file that validates is exactly a file that runs.
 
 mod compile;
+mod compile_metrics;
 mod compile_policy;
 mod compile_server;
 mod diff;

@@ -38,6 +38,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Service level objectives.
     pub slos: Vec<crate::slo::SloConfig>,
+    /// Bucket bounds of the request duration histogram, ascending (`metrics.latency_buckets`).
+    pub latency_buckets: Vec<Duration>,
     /// Things that work but should be fixed (e.g. a token file readable by others), one line
     /// each, printed by `validate` and logged at startup and on reload.
     pub warnings: Vec<String>,

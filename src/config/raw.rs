@@ -51,6 +51,18 @@ pub struct RawConfig {
     /// Service level objectives.
     #[serde(default)]
     pub slos: Vec<RawSlo>,
+    /// Metrics settings.
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `metrics:` settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Bucket bounds of `backstop_request_duration_seconds`, ascending durations (`5ms`,
+    /// `800ms`, `2s`); every `latency_below` SLO threshold must be one of them.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub latency_buckets: Option<Spanned<Vec<Text>>>,
 }
 
 /// `server:` limits and deadlines that protect the proxy listener from slow or hostile clients.
