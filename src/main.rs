@@ -91,7 +91,12 @@ enum Command {
         strict: bool,
     },
     /// Print the JSON Schema of the config file (for editors' YAML support).
-    Schema,
+    Schema {
+        /// Print instead the JSON Schema of every typed admin view (`GET /admin/config`,
+        /// `/admin/routes`, `/admin/upstreams`, `/admin/slos`), one object keyed by path.
+        #[arg(long)]
+        admin: bool,
+    },
     /// Print the Prometheus rule file (SLO recording rules and burn-rate alerts, operational
     /// alerts), shaped by `slos_rules:`.
     Rules {
@@ -129,8 +134,16 @@ fn main() -> ExitCode {
         } => against(&file.config, &url, token.as_deref()),
         Command::Validate { file, strict, .. } => validate(&file.config, strict),
         Command::Lint { file, strict } => lint(&file.config, strict),
-        Command::Schema => {
-            println!("{}", config::json_schema());
+        Command::Schema { admin } => {
+            if admin {
+                let schemas = backstop::admin::views::schemas();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&schemas).unwrap_or_default()
+                );
+            } else {
+                println!("{}", config::json_schema());
+            }
             ExitCode::SUCCESS
         }
         Command::Rules {
@@ -322,6 +335,7 @@ fn running_diff(
         backstop::runtime::Snapshot::build(local, generation, &Metrics::new(), None)
             .map(|s| backstop::admin::views::config(&s))
     })?;
+    let view = serde_json::to_value(view).context("cannot render the admin view")?;
     drop(rt);
     let skip = ["generation", "sha256", "listen", "admin.listen"];
     changes.extend(

@@ -164,26 +164,10 @@ async fn handle(
             let page = status::render(&state.snapshots.load(), &state.sampler);
             text(StatusCode::OK, "text/html; charset=utf-8", page)
         }
-        (&Method::GET, "/admin/config") => {
-            json(StatusCode::OK, &views::config(&state.snapshots.load()))
-        }
-        (&Method::GET, "/admin/routes") => {
-            json(StatusCode::OK, &views::routes(&state.snapshots.load()))
-        }
-        (&Method::GET, "/admin/upstreams") => {
-            json(StatusCode::OK, &views::upstreams(&state.snapshots.load()))
-        }
-        (&Method::GET, "/admin/slos") => {
-            let snapshot = state.snapshots.load();
-            let now = tokio::time::Instant::now();
-            let slos: Vec<serde_json::Value> = snapshot
-                .slos
-                .all()
-                .iter()
-                .map(|s| s.describe(now))
-                .collect();
-            json(StatusCode::OK, &serde_json::json!({ "slos": slos }))
-        }
+        (&Method::GET, "/admin/config") => typed(&views::config(&state.snapshots.load())),
+        (&Method::GET, "/admin/routes") => typed(&views::routes(&state.snapshots.load())),
+        (&Method::GET, "/admin/upstreams") => typed(&views::upstreams(&state.snapshots.load())),
+        (&Method::GET, "/admin/slos") => typed(&views::slos(&state.snapshots.load())),
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -325,6 +309,17 @@ async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
         Err(e) => json(
             StatusCode::UNPROCESSABLE_ENTITY,
             &serde_json::json!({ "errors": e.issues() }),
+        ),
+    }
+}
+
+/// 200 with a typed view as JSON.
+fn typed<T: serde::Serialize>(view: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_string(view) {
+        Ok(body) => text(StatusCode::OK, "application/json", body),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({ "error": format!("cannot render the view: {e}") }),
         ),
     }
 }

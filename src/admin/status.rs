@@ -56,9 +56,9 @@ impl Sampler {
         }
     }
 
-    /// (requests/s, error share, p99 upper bound in seconds) of `route` over the sampled span,
-    /// measured against `now` totals.
-    fn live(&self, route: &str, now: &RouteTotals) -> Option<(f64, f64, Option<f64>)> {
+    /// (requests/s, error share, p99 in seconds) of `route` over the sampled span, measured
+    /// against `now` totals; the p99 is interpolated within its bucket and at most `cap`.
+    fn live(&self, route: &str, now: &RouteTotals, cap: f64) -> Option<(f64, f64, Option<f64>)> {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let (at, oldest) = samples.front()?;
         let old = oldest.get(route).cloned().unwrap_or_default();
@@ -70,20 +70,44 @@ impl Sampler {
         } else {
             errors as f64 / count as f64
         };
-        let p99 = (count > 0)
-            .then(|| {
-                let target = (count as f64 * 0.99).ceil() as u64;
-                now.buckets
-                    .iter()
-                    .enumerate()
-                    .find_map(|(i, (bound, cumulative))| {
-                        let before = old.buckets.get(i).map_or(0, |b| b.1);
-                        (cumulative.saturating_sub(before) >= target).then_some(*bound)
-                    })
+        let span: Vec<(f64, u64)> = now
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, (bound, cumulative))| {
+                let before = old.buckets.get(i).map_or(0, |b| b.1);
+                (*bound, cumulative.saturating_sub(before))
             })
-            .flatten();
+            .collect();
+        let p99 = quantile(0.99, &span, count, cap);
         Some((count as f64 / secs, share, p99))
     }
+}
+
+/// The `q` quantile (0-1) of a histogram the way Prometheus' `histogram_quantile` computes it:
+/// the bucket holding the rank `q * total`, interpolated linearly inside it (from 0 for the
+/// first bucket), then capped at `cap`.
+///
+/// `buckets` are (upper bound in seconds, cumulative count), ascending, without `+Inf`;
+/// `total` counts every observation, those above the last bound too. A rank in the `+Inf`
+/// bucket gives the last bound, as in Prometheus. `None` without observations. The cap is the
+/// route's timeout: backstop has answered by then, so a p99 above it would be an artefact of a
+/// wide bucket, not a latency anyone saw.
+pub fn quantile(q: f64, buckets: &[(f64, u64)], total: u64, cap: f64) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let (mut lower, mut below) = (0.0, 0u64);
+    for &(upper, cumulative) in buckets {
+        if cumulative as f64 >= rank && cumulative > below {
+            let inside = (cumulative - below) as f64;
+            let value = lower + (upper - lower) * ((rank - below as f64) / inside);
+            return Some(value.min(cap));
+        }
+        (lower, below) = (upper, cumulative);
+    }
+    buckets.last().map(|&(bound, _)| bound.min(cap))
 }
 
 fn esc(text: &str) -> String {
@@ -207,14 +231,15 @@ fn routes(h: &mut String, snapshot: &Snapshot, sampler: &Sampler, now: Instant) 
         let route = &live.config;
         let upstream = &snapshot.upstreams[route.upstream];
         let totals = live.metrics.totals();
-        let (rps, errors, p99) = match sampler.live(&route.name, &totals) {
-            Some((rps, share, p99)) => (
-                format!("{rps:.1}"),
-                format!("{:.1}%", share * 100.0),
-                p99.map_or("—".into(), ms),
-            ),
-            None => ("…".into(), "…".into(), "…".into()),
-        };
+        let (rps, errors, p99) =
+            match sampler.live(&route.name, &totals, route.timeout.as_secs_f64()) {
+                Some((rps, share, p99)) => (
+                    format!("{rps:.1}"),
+                    format!("{:.1}%", share * 100.0),
+                    p99.map_or("—".into(), ms),
+                ),
+                None => ("…".into(), "…".into(), "…".into()),
+            };
         let breaker = live.breaker.as_ref().or(upstream.breaker.as_ref());
         let limited = live
             .limiter
@@ -296,4 +321,54 @@ fn slos(h: &mut String, snapshot: &Snapshot, now: Instant) {
         );
     }
     h.push_str("</table>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    const B: [(f64, u64); 4] = [(0.1, 0), (0.5, 0), (1.0, 0), (2.5, 0)];
+
+    fn with(counts: [u64; 4]) -> Vec<(f64, u64)> {
+        let mut cumulative = 0;
+        B.iter()
+            .zip(counts)
+            .map(|(&(bound, _), n)| {
+                cumulative += n;
+                (bound, cumulative)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn interpolates_inside_the_bucket_like_histogram_quantile() {
+        // 100 observations, all in (0.5, 1.0]: p99 is 99% of the way through that bucket.
+        let b = with([0, 0, 100, 0]);
+        let p99 = quantile(0.99, &b, 100, 30.0).unwrap();
+        assert!((p99 - 0.995).abs() < 1e-9, "{p99}");
+        // 90 fast, 10 in (1.0, 2.5]: rank 99 is the 9th of 10 there.
+        let b = with([90, 0, 0, 10]);
+        let p99 = quantile(0.99, &b, 100, 30.0).unwrap();
+        assert!((p99 - (1.0 + 1.5 * 0.9)).abs() < 1e-9, "{p99}");
+        // The first bucket interpolates from 0.
+        let p50 = quantile(0.5, &with([10, 0, 0, 0]), 10, 30.0).unwrap();
+        assert!((p50 - 0.05).abs() < 1e-9, "{p50}");
+        assert_eq!(quantile(0.99, &with([0, 0, 0, 0]), 0, 30.0), None);
+    }
+
+    #[test]
+    fn never_above_the_cap() {
+        // Timeouts at 2.0x s land in (1.0, 2.5]; the route's timeout is 2s.
+        let b = with([0, 0, 0, 10]);
+        assert_eq!(quantile(0.99, &b, 10, 2.0), Some(2.0));
+        // Observations above the last bound give the last bound, capped too.
+        assert_eq!(quantile(0.99, &b, 1000, 30.0), Some(2.5));
+        assert_eq!(quantile(0.99, &b, 1000, 2.0), Some(2.0));
+        for total in 1..50 {
+            for counts in [[total, 0, 0, 0], [0, total, 0, 0], [0, 0, 0, total]] {
+                let p = quantile(0.99, &with(counts), total, 0.2).unwrap();
+                assert!(p <= 0.2, "{counts:?}: {p}");
+            }
+        }
+    }
 }

@@ -73,7 +73,9 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
         .redis
         .as_ref()
         .and_then(|r| compile_policy::redis(&mut issues, r));
-    let slos = compile_policy::slos(&mut issues, &raw.slos, &raw.routes);
+    let latency_buckets =
+        super::compile_metrics::latency_buckets(&mut issues, raw.metrics.as_ref());
+    let slos = compile_policy::slos(&mut issues, &raw.slos, &raw.routes, &latency_buckets);
     let slos_rules = super::compile_rules::slos_rules(&mut issues, raw.slos_rules.as_ref());
     let mut warnings = Vec::new();
     let admin_token = admin_token(&mut issues, &mut warnings, raw.admin.as_ref(), admin_listen);
@@ -92,6 +94,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
             redis,
             slos,
             slos_rules,
+            latency_buckets,
             admin_token,
             admin_protect_reads,
             warnings,

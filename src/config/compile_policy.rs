@@ -661,7 +661,12 @@ pub(crate) fn redis(issues: &mut Issues, raw: &Spanned<RawRedis>) -> Option<Redi
 }
 
 /// `slos:`
-pub(crate) fn slos(issues: &mut Issues, raw: &[RawSlo], routes: &[RawRoute]) -> Vec<SloConfig> {
+pub(crate) fn slos(
+    issues: &mut Issues,
+    raw: &[RawSlo],
+    routes: &[RawRoute],
+    buckets: &[Duration],
+) -> Vec<SloConfig> {
     let mut names = std::collections::HashSet::new();
     raw.iter()
         .enumerate()
@@ -710,13 +715,12 @@ pub(crate) fn slos(issues: &mut Issues, raw: &[RawSlo], routes: &[RawRoute]) -> 
                 RawSli::Latency { latency_below } => {
                     let text = serde_saphyr::Spanned { value: latency_below.clone(), referenced: s.sli.referenced, defined: s.sli.defined };
                     let d = super::validate::duration(issues, &format!("{path}.sli.latency_below"), &text).unwrap_or_default();
-                    let bounds = crate::metrics::DURATION_BUCKETS;
-                    if !d.is_zero() && !bounds.iter().any(|b| (b - d.as_secs_f64()).abs() < 1e-9) {
-                        let list: Vec<String> = bounds.iter().map(|b| humantime::format_duration(Duration::from_secs_f64(*b)).to_string()).collect();
+                    if !d.is_zero() && !buckets.contains(&d) {
+                        let list: Vec<String> = buckets.iter().map(|b| humantime::format_duration(*b).to_string()).collect();
                         issues.at(
                             &format!("{path}.sli.latency_below"),
                             &text,
-                            format!("{latency_below} is not a bound of the duration histogram; use one of {}", list.join(", ")),
+                            format!("{latency_below} is not a bound of the duration histogram; use one of {}, or add it to metrics.latency_buckets", list.join(", ")),
                         );
                     }
                     Sli::LatencyBelow(d)

@@ -145,6 +145,8 @@ fn change(path: &str, old: &str, new: &str) -> String {
         " (its buckets start over)"
     } else if path.starts_with("slos[") {
         " (its live budget starts over)"
+    } else if path.starts_with("metrics.") {
+        " (the duration histogram starts over)"
     } else if path.starts_with("redis.") {
         " (global rate limits reconnect)"
     } else {

@@ -5,6 +5,7 @@
 
 mod compile;
 mod compile_adaptive;
+mod compile_metrics;
 mod compile_policy;
 mod compile_rules;
 mod compile_server;

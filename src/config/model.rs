@@ -42,6 +42,8 @@ pub struct Config {
     pub slos: Vec<crate::slo::SloConfig>,
     /// Settings of `backstop rules` (`slos_rules:`).
     pub slos_rules: crate::slo::rules::RulesConfig,
+    /// Bucket bounds of the request duration histogram, ascending (`metrics.latency_buckets`).
+    pub latency_buckets: Vec<Duration>,
     /// Things that work but should be fixed (e.g. a token file readable by others), one line
     /// each, printed by `validate` and logged at startup and on reload.
     pub warnings: Vec<String>,

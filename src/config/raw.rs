@@ -55,6 +55,18 @@ pub struct RawConfig {
     pub slos: Vec<RawSlo>,
     /// Settings of `backstop rules` (the Prometheus rule file).
     pub slos_rules: Option<RawSlosRules>,
+    /// Metrics settings.
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `metrics:` settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Bucket bounds of `backstop_request_duration_seconds`, ascending durations (`5ms`,
+    /// `800ms`, `2s`); every `latency_below` SLO threshold must be one of them.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub latency_buckets: Option<Spanned<Vec<Text>>>,
 }
 
 /// `access_log:`: which requests get an access log line.

@@ -9,7 +9,8 @@ pub mod handles;
 pub mod names;
 pub mod server;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::Method;
 use prometheus::{
@@ -17,11 +18,35 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-/// Bucket bounds of the request duration histogram, in seconds. Fine below a millisecond (a
-/// proxy's own overhead) and with exact bounds at common SLO thresholds (100ms, 300ms, 1s).
+/// Default bucket bounds of the request duration histogram, in seconds
+/// (`metrics.latency_buckets` replaces them). Fine below a millisecond (a proxy's own
+/// overhead) and with exact bounds at common SLO thresholds (100ms, 300ms, 1s).
 pub const DURATION_BUCKETS: [f64; 19] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75,
     1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// [`DURATION_BUCKETS`] as durations: the default of `metrics.latency_buckets`.
+pub const DEFAULT_LATENCY_BUCKETS: [Duration; 19] = [
+    Duration::from_micros(100),
+    Duration::from_micros(250),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_micros(2500),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(300),
+    Duration::from_millis(500),
+    Duration::from_millis(750),
+    Duration::from_secs(1),
+    Duration::from_millis(2500),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
 ];
 
 /// The outcome of one attempt at an upstream endpoint, as the `result` label.
@@ -70,7 +95,8 @@ pub struct Metrics(Arc<Families>);
 struct Families {
     registry: Registry,
     requests: IntCounterVec,
-    duration: HistogramVec,
+    /// The duration family and its bounds in seconds; replaced when the bounds change.
+    duration: Mutex<(Vec<f64>, HistogramVec)>,
     attempts: IntCounterVec,
     in_flight: IntGauge,
     circuit_state: IntGaugeVec,
@@ -143,15 +169,7 @@ impl Metrics {
             "Requests answered by backstop.",
             &["route", "upstream", "method", "status"],
         );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                names::REQUEST_DURATION_SECONDS,
-                "Time from request received to response headers sent, in seconds.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
-            &["route", "upstream"],
-        )
-        .expect("valid metric");
+        let duration = duration_family(&DURATION_BUCKETS);
         registry
             .register(Box::new(duration.clone()))
             .expect("metric names are unique");
@@ -175,7 +193,7 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Self(Arc::new(Families {
             requests,
-            duration,
+            duration: Mutex::new((DURATION_BUCKETS.to_vec(), duration)),
             attempts,
             in_flight,
             circuit_state: gauges(r, names::CIRCUIT_STATE, "Circuit breaker state, one-hot over closed, open, half_open.", &["upstream", "route", "state"]),
@@ -457,7 +475,29 @@ impl Metrics {
 
     /// The duration histogram of one route.
     pub fn duration_handle(&self, route: &str, upstream: &str) -> prometheus::Histogram {
-        self.0.duration.with_label_values(&[route, upstream])
+        let family = self.0.duration.lock().unwrap_or_else(|e| e.into_inner());
+        family.1.with_label_values(&[route, upstream])
+    }
+
+    /// Uses `bounds` as the buckets of the duration histogram from now on. Unchanged bounds
+    /// keep the family; new ones replace it, so its series start over (handles taken before
+    /// keep counting into the old family, which is no longer exported). Call it before taking
+    /// the handles of a new snapshot.
+    pub fn set_latency_buckets(&self, bounds: &[Duration]) {
+        let seconds: Vec<f64> = bounds.iter().map(Duration::as_secs_f64).collect();
+        let mut family = self.0.duration.lock().unwrap_or_else(|e| e.into_inner());
+        if family.0 == seconds || seconds.is_empty() {
+            return;
+        }
+        let fresh = duration_family(&seconds);
+        let _ = self.0.registry.unregister(Box::new(family.1.clone()));
+        if let Err(e) = self.0.registry.register(Box::new(fresh.clone())) {
+            // Cannot happen (the old family is gone); keep the old one exported.
+            tracing::error!(error = %e, "cannot replace the duration histogram");
+            let _ = self.0.registry.register(Box::new(family.1.clone()));
+            return;
+        }
+        *family = (seconds, fresh);
     }
 
     /// The attempt counter of one endpoint and result.
@@ -490,6 +530,19 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The request duration histogram family with `bounds` (seconds, ascending).
+fn duration_family(bounds: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(
+            names::REQUEST_DURATION_SECONDS,
+            "Time from request received to response headers sent, in seconds.",
+        )
+        .buckets(bounds.to_vec()),
+        &["route", "upstream"],
+    )
+    .expect("valid metric")
 }
 
 /// Folds methods to a fixed set so a client cannot create label values at will.

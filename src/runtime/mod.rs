@@ -89,6 +89,8 @@ impl Snapshot {
                 .filter(|_| global)
                 .map(|c| Redis::start(c, metrics.redis_available())),
         };
+        // Past the only step that can fail: the routes' histograms use the config's buckets.
+        metrics.set_latency_buckets(&config.latency_buckets);
         let cx = live_route::Context {
             config: &config,
             metrics,

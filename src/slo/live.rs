@@ -46,29 +46,53 @@ impl LiveSlo {
         }
     }
 
-    /// Budget left and burn rates now, for the admin API.
-    pub fn describe(&self, now: Instant) -> serde_json::Value {
+    /// Budget left and burn rates now, for the admin API (`GET /admin/slos`).
+    pub fn status(&self, now: Instant) -> SloStatus {
         let ring = &self.ring;
-        let burn: serde_json::Map<String, serde_json::Value> = BURN_WINDOWS
+        let burn_rate = BURN_WINDOWS
             .iter()
             .map(|(name, span)| {
                 (
-                    name.to_string(),
-                    ring.burn_rate(self.config.objective, *span, now).into(),
+                    (*name).to_owned(),
+                    ring.burn_rate(self.config.objective, *span, now),
                 )
             })
             .collect();
         let counts = ring.counts(self.config.window, now);
-        serde_json::json!({
-            "name": self.config.name,
-            "objective": self.config.objective,
-            "window_seconds": self.config.window.as_secs(),
-            "good": counts.good,
-            "bad": counts.bad,
-            "error_budget_remaining": ring.budget_remaining(self.config.objective, now),
-            "burn_rate": burn,
-        })
+        SloStatus {
+            name: self.config.name.clone(),
+            objective: self.config.objective,
+            window_seconds: self.config.window.as_secs(),
+            good: counts.good,
+            bad: counts.bad,
+            error_budget_remaining: ring.budget_remaining(self.config.objective, now),
+            burn_rate,
+        }
     }
+
+    /// [`LiveSlo::status`] as JSON.
+    pub fn describe(&self, now: Instant) -> serde_json::Value {
+        serde_json::to_value(self.status(now)).unwrap_or_default()
+    }
+}
+
+/// One SLO's live budget, as `GET /admin/slos` shows it.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct SloStatus {
+    /// Name (the `slo` label).
+    pub name: String,
+    /// Target share of good events, e.g. 0.999.
+    pub objective: f64,
+    /// Compliance period, in seconds.
+    pub window_seconds: u64,
+    /// Good events seen by this process within the window.
+    pub good: u64,
+    /// Bad events seen by this process within the window.
+    pub bad: u64,
+    /// Share of the error budget left; negative when overspent.
+    pub error_budget_remaining: f64,
+    /// Burn rate by window (`5m`, `30m`, `1h`, `6h`); 1 spends exactly the budget.
+    pub burn_rate: std::collections::BTreeMap<String, f64>,
 }
 
 /// Every SLO of a config, and which ones each route feeds.
