@@ -32,7 +32,8 @@ fn admin_schemas() -> Value {
 /// both SLI kinds.
 fn rich_config(a: &Backend, b: &Backend, closed: std::net::SocketAddr) -> String {
     format!(
-        r#"redis:
+        r#"access_log: {{ sample: 10% }}
+redis:
   url: redis://:hunter2@{closed}/0
   timeout: 50ms
   on_error: deny
@@ -42,6 +43,7 @@ upstreams:
       - {{ address: "{a}", weight: 3 }}
     load_balancing: round_robin
     max_concurrent_requests: 50
+    adaptive_concurrency: {{ algorithm: aimd, max_limit: 100, mode: shadow }}
     host_header: api.pg.example
     circuit_breaker:
       mode: shadow

@@ -63,6 +63,15 @@ pub struct ConfigView {
     pub slos: Vec<SloConfigView>,
     /// The `metrics:` section.
     pub metrics: MetricsView,
+    /// The `access_log:` section.
+    pub access_log: AccessLogView,
+}
+
+/// The `access_log:` section.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AccessLogView {
+    /// Share of successful requests logged, 0 to 1; failures are always logged.
+    pub sample: f64,
 }
 
 /// The `admin:` section.
@@ -140,6 +149,8 @@ pub struct UpstreamConfigView {
     pub tls: Option<TlsView>,
     /// Host header sent instead of the client's; `null` keeps the client's.
     pub host_header: Option<String>,
+    /// `http1` or `http2`.
+    pub protocol: ProtocolView,
     /// How long an idle pooled connection is kept.
     pub idle_timeout_ms: u64,
     /// Longest wait for the next piece of a response body.
@@ -150,12 +161,66 @@ pub struct UpstreamConfigView {
     pub load_balancing: LoadBalancingView,
     /// Bulkhead limit on requests in flight; `null` for none.
     pub max_concurrent_requests: Option<u32>,
+    /// Adaptive concurrency; `null` when not configured.
+    pub adaptive_concurrency: Option<AdaptiveView>,
     /// Upstream-level circuit breaker.
     pub circuit_breaker: Option<BreakerView>,
     /// Passive per-endpoint ejection.
     pub outlier_detection: Option<OutlierView>,
     /// Active health checks.
     pub health_check: Option<HealthCheckView>,
+}
+
+/// The upstream's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolView {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2.
+    Http2,
+}
+
+/// `adaptive_concurrency:` as configured.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AdaptiveView {
+    /// `gradient` or `aimd`.
+    pub algorithm: String,
+    /// Lowest limit.
+    pub min_limit: u32,
+    /// Highest limit.
+    pub max_limit: u32,
+    /// Limit at start.
+    pub initial_limit: u32,
+    /// How often the limit moves.
+    pub window_ms: u64,
+    /// gradient: latency multiple of the baseline tolerated before shrinking.
+    pub tolerance: f64,
+    /// gradient: the baseline period.
+    pub baseline_window_ms: u64,
+    /// Multiplier on a drop.
+    pub backoff: f64,
+    /// aimd: a window slower than this is a drop.
+    pub latency_threshold_ms: u64,
+    /// `enforce` or `shadow`.
+    pub mode: String,
+}
+
+impl From<&crate::policy::adaptive::AdaptiveConfig> for AdaptiveView {
+    fn from(a: &crate::policy::adaptive::AdaptiveConfig) -> Self {
+        Self {
+            algorithm: a.algorithm.as_str().to_owned(),
+            min_limit: a.min_limit,
+            max_limit: a.max_limit,
+            initial_limit: a.initial_limit,
+            window_ms: ms(a.window),
+            tolerance: a.tolerance,
+            baseline_window_ms: ms(a.baseline_window),
+            backoff: a.backoff,
+            latency_threshold_ms: ms(a.latency_threshold),
+            mode: a.mode.as_str().to_owned(),
+        }
+    }
 }
 
 /// One endpoint as configured.
@@ -355,11 +420,16 @@ impl From<&Upstream> for UpstreamConfigView {
                 .host_header
                 .as_ref()
                 .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()),
+            protocol: match u.protocol {
+                crate::config::UpstreamProtocol::Http1 => ProtocolView::Http1,
+                crate::config::UpstreamProtocol::Http2 => ProtocolView::Http2,
+            },
             idle_timeout_ms: ms(u.idle_timeout),
             read_timeout_ms: ms(u.read_timeout),
             max_idle_connections: u.max_idle_connections as u64,
             load_balancing: u.load_balancing.into(),
             max_concurrent_requests: u.max_concurrent_requests,
+            adaptive_concurrency: u.adaptive_concurrency.as_ref().map(AdaptiveView::from),
             circuit_breaker: u.circuit_breaker.as_ref().map(BreakerView::from),
             outlier_detection: u.outlier_detection.as_ref().map(OutlierView::from),
             health_check: u.health_check.as_ref().map(|h| HealthCheckView {
@@ -725,6 +795,9 @@ pub fn config(snapshot: &Snapshot) -> ConfigView {
         upstreams: c.upstreams.iter().map(UpstreamConfigView::from).collect(),
         routes: routes(snapshot).routes,
         slos: c.slos.iter().map(|s| slo_config_view(c, s)).collect(),
+        access_log: AccessLogView {
+            sample: c.access_log.sample,
+        },
         metrics: MetricsView {
             latency_buckets_seconds: c
                 .latency_buckets
@@ -757,6 +830,8 @@ pub struct UpstreamStatusView {
     pub name: String,
     /// Requests in flight to it now.
     pub in_flight: u32,
+    /// The adaptive concurrency limit now; `null` when not configured.
+    pub adaptive_limit: Option<u32>,
     /// Its breaker's state; `null` without an upstream-level breaker.
     pub breaker: Option<BreakerStateView>,
     /// Its endpoints in config order.
@@ -809,6 +884,7 @@ pub fn upstreams(snapshot: &Snapshot) -> UpstreamsView {
         .map(|u| UpstreamStatusView {
             name: u.name.clone(),
             in_flight: u.bulkhead.in_flight(),
+            adaptive_limit: u.adaptive.as_ref().map(|a| a.limit()),
             breaker: u.breaker.as_ref().map(|b| b.state().into()),
             endpoints: u
                 .endpoints
