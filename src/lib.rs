@@ -25,6 +25,7 @@ pub mod policy;
 pub mod redact;
 pub mod runtime;
 pub mod shutdown;
+pub mod simulate;
 pub mod slo;
 pub mod telemetry;
 

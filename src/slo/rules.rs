@@ -59,10 +59,10 @@ pub const OPERATIONAL: [&str; 6] = [
 ];
 
 /// (burn factor, long window, short window).
-type BurnCondition = (f64, &'static str, &'static str);
+pub(crate) type BurnCondition = (f64, &'static str, &'static str);
 
 /// (severity, for, the two conditions, either of which fires).
-const ALERTS: [(&str, &str, [BurnCondition; 2]); 2] = [
+pub(crate) const ALERTS: [(&str, &str, [BurnCondition; 2]); 2] = [
     ("page", "2m", [(14.4, "1h", "5m"), (6.0, "6h", "30m")]),
     ("ticket", "15m", [(3.0, "1d", "2h"), (1.0, "3d", "6h")]),
 ];
