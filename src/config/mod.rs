@@ -4,6 +4,7 @@
 //! all go through it, so a file that validates is exactly a file that runs.
 
 mod compile;
+mod compile_idempotency;
 mod compile_policy;
 mod compile_server;
 mod diff;
@@ -23,8 +24,9 @@ pub use diff::{diff, diff_values, needs_restart, Change};
 pub use error::{ConfigError, ConfigIssue, Position};
 pub use lint::{lint, Finding, RULES as LINT_RULES};
 pub use model::{
-    AccessLog, Cidr, Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route,
-    ServerLimits, Tls, Upgrade, Upstream, UpstreamProtocol,
+    AccessLog, Cidr, Config, Endpoint, FingerprintParts, GeneratedKey, HealthCheck, HostMatch,
+    Idempotency, IdempotencyStore, LoadBalancing, RedisConfig, Route, ServerLimits, Tls, Upgrade,
+    Upstream, UpstreamProtocol,
 };
 pub use redact::redact_url;
 

@@ -55,13 +55,27 @@ pub async fn deliver(
     req: Request<Incoming>,
     load: &ListenerLoad,
 ) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let snapshot = Arc::clone(&ex.snapshot);
+    let route = &snapshot.routes[ex.outcome.route.unwrap_or_default()].config;
+    let limits = &snapshot.config.server;
+    let source = Source::new(body, route, load, limits, &mut ex.outcome.note);
+    deliver_from(ex, parts, source).await
+}
+
+/// [`deliver`] with the body's [`Source`] already made (the idempotency stage reads bodies
+/// whole first).
+pub async fn deliver_from(
+    ex: &mut Exchange,
+    mut parts: http::request::Parts,
+    mut source: Source,
+) -> Response<ProxyBody> {
     let snapshot = Arc::clone(&ex.snapshot);
     let route_index = ex.outcome.route.unwrap_or_default();
     let live = &snapshot.routes[route_index];
     let route = &live.config;
     let policy = route.retry.as_ref();
 
-    let (mut parts, body) = req.into_parts();
     attempt::prepare_headers(&mut parts);
     let http1 = parts.version <= Version::HTTP_11;
     let kind = match policy {
@@ -69,8 +83,6 @@ pub async fn deliver(
         None if rules::is_idempotent(&parts.method) => RequestKind::Idempotent,
         None => RequestKind::NonIdempotent,
     };
-    let limits = &snapshot.config.server;
-    let mut source = Source::new(body, route, load, limits, &mut ex.outcome.note);
     if let Some(budget) = &live.budget {
         budget.deposit(ex.started);
     }
