@@ -295,6 +295,10 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
             .health_check
             .as_ref()
             .map(|h| compile_policy::health_check(issues, &format!("{path}.health_check"), h)),
+        honours_idempotency_key: raw.honours_idempotency_key.unwrap_or(false),
+        idempotency_key: raw.idempotency_key.as_ref().map(|k| {
+            super::compile_idempotency::generated_key(issues, &format!("{path}.idempotency_key"), k)
+        }),
     }
 }
 
@@ -521,6 +525,14 @@ fn route(
             let upgrade = upgrade(issues, &format!("{path}.upgrade"), u)?;
             upgrade_over_http1(issues, &format!("{path}.upgrade"), u, raw, upstreams);
             Some(upgrade)
+        }),
+        idempotency: raw.idempotency.as_ref().and_then(|i| {
+            super::compile_idempotency::idempotency(
+                issues,
+                &format!("{path}.idempotency"),
+                i,
+                has_redis,
+            )
         }),
     })
 }

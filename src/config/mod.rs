@@ -6,6 +6,7 @@
 mod compile;
 mod compile_adaptive;
 mod compile_metrics;
+mod compile_idempotency;
 mod compile_policy;
 mod compile_rules;
 mod compile_server;
@@ -26,8 +27,9 @@ pub use diff::{diff, diff_values, needs_restart, Change};
 pub use error::{ConfigError, ConfigIssue, Position};
 pub use lint::{lint, Finding, RULES as LINT_RULES};
 pub use model::{
-    AccessLog, Cidr, Config, Endpoint, HealthCheck, HostMatch, LoadBalancing, RedisConfig, Route,
-    ServerLimits, Tls, Upgrade, Upstream, UpstreamProtocol,
+    AccessLog, Cidr, Config, Endpoint, FingerprintParts, GeneratedKey, HealthCheck, HostMatch,
+    Idempotency, IdempotencyStore, LoadBalancing, RedisConfig, Route, ServerLimits, Tls, Upgrade,
+    Upstream, UpstreamProtocol,
 };
 pub use redact::redact_url;
 

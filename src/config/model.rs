@@ -203,6 +203,19 @@ pub struct Upstream {
     pub load_balancing: LoadBalancing,
     /// Active health checks.
     pub health_check: Option<HealthCheck>,
+    /// The upstream deduplicates by idempotency key itself (`honours_idempotency_key`).
+    pub honours_idempotency_key: bool,
+    /// Keys backstop adds to non-idempotent requests that lack one (`idempotency_key`).
+    pub idempotency_key: Option<GeneratedKey>,
+}
+
+/// `upstreams.<name>.idempotency_key`: the header backstop fills with a fresh key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedKey {
+    /// Header carrying the key.
+    pub header: HeaderName,
+    /// Add a UUID v4 to a non-idempotent request without one.
+    pub generate: bool,
 }
 
 /// The HTTP version an upstream speaks (`protocol:`).
@@ -296,6 +309,49 @@ pub struct Route {
     pub rate_limit: Option<crate::policy::rate::RateLimitConfig>,
     /// The connection upgrade this route tunnels; `None` refuses upgrade requests.
     pub upgrade: Option<Upgrade>,
+    /// The idempotency layer; `None` passes keys through untouched.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// `routes[].idempotency`: requests with a key are delivered at most once per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// Header carrying the client's key.
+    pub header: HeaderName,
+    /// Where keys are recorded.
+    pub store: IdempotencyStore,
+    /// How long a completed (or unknown) outcome is kept.
+    pub ttl: Duration,
+    /// Largest response body stored for replay.
+    pub max_response_bytes: usize,
+    /// Largest request body read to fingerprint it; larger ones are refused with 413.
+    pub max_request_bytes: usize,
+    /// What a repeat must match.
+    pub fingerprint: FingerprintParts,
+    /// Forward the request unrecorded (`true`) or refuse it with 503 when the store fails.
+    pub forward_on_error: bool,
+    /// Most keys the local store keeps for this route.
+    pub max_keys: usize,
+}
+
+/// Where idempotency keys are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyStore {
+    /// In this process's memory.
+    Local,
+    /// In the top-level `redis:`, shared by every replica.
+    Redis,
+}
+
+/// The parts of a request its fingerprint covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FingerprintParts {
+    /// The method.
+    pub method: bool,
+    /// The path and query.
+    pub path: bool,
+    /// The body.
+    pub body: bool,
 }
 
 /// A protocol a route lets a connection switch to (HTTP/1.1 `Upgrade`).

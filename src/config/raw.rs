@@ -273,6 +273,53 @@ pub struct RawUpstream {
     /// Active health checks.
     #[schemars(with = "Option<RawHealthCheck>")]
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// The upstream deduplicates requests by their idempotency key itself: a repeat of a
+    /// request whose outcome is unknown may be forwarded again (default false).
+    pub honours_idempotency_key: Option<bool>,
+    /// Idempotency keys backstop adds to non-idempotent requests that lack one.
+    #[schemars(with = "Option<RawIdempotencyKey>")]
+    pub idempotency_key: Option<Spanned<RawIdempotencyKey>>,
+}
+
+/// `idempotency_key:` on an upstream.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdempotencyKey {
+    /// Header carrying the key (default `Idempotency-Key`).
+    #[schemars(with = "Option<String>")]
+    pub header: Option<Text>,
+    /// Add a fresh key (UUID v4) to a non-idempotent request that has none.
+    pub generate: Option<bool>,
+}
+
+/// `idempotency:` on a route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdempotency {
+    /// Header carrying the client's key (default `Idempotency-Key`).
+    #[schemars(with = "Option<String>")]
+    pub header: Option<Text>,
+    /// local | redis.
+    #[schemars(with = "Option<String>")]
+    pub store: Option<Text>,
+    /// How long a completed response is kept (default 24h).
+    #[schemars(with = "Option<String>")]
+    pub ttl: Option<Text>,
+    /// Largest response body stored for replay: bytes, or `64KiB`, `1MiB` (default 64KiB).
+    #[schemars(with = "Option<Scalar>")]
+    pub max_response_bytes: Option<Text>,
+    /// Largest request body read to fingerprint it: bytes, or `KiB`/`MiB` (default 1MiB).
+    #[schemars(with = "Option<Scalar>")]
+    pub max_request_bytes: Option<Text>,
+    /// What a repeat must match: any of method, path, body (default all three).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub fingerprint: Option<Vec<Text>>,
+    /// forward | refuse when the store fails (default refuse).
+    #[schemars(with = "Option<String>")]
+    pub on_error: Option<Text>,
+    /// Most keys kept per route by the local store (default 100000).
+    #[schemars(with = "Option<u32>")]
+    pub max_keys: Option<Spanned<u32>>,
 }
 
 /// `health_check:`
@@ -484,6 +531,10 @@ pub struct RawRoute {
     /// upgrade request is refused with 400 `upgrade_not_allowed`.
     #[schemars(with = "Option<String>")]
     pub upgrade: Option<Text>,
+    /// Idempotency keys: the first request with a key is delivered once, repeats get its
+    /// stored response.
+    #[schemars(with = "Option<RawIdempotency>")]
+    pub idempotency: Option<Spanned<RawIdempotency>>,
 }
 
 /// `retry:`

@@ -22,6 +22,9 @@ pin_project_lite::pin_project! {
         Upstream { #[pin] body: PooledBody },
         /// Produced by backstop (errors, admin).
         Local { #[pin] body: Full<Bytes> },
+        /// Bytes already read from a body, then the rest of it (the idempotency stage reads
+        /// a response up to its storage limit before answering).
+        Prefixed { prefix: Option<Bytes>, rest: Pin<Box<ProxyBody>> },
     }
 }
 
@@ -45,6 +48,10 @@ impl Body for ProxyBody {
         match self.project() {
             ProxyBodyProj::Upstream { body } => body.poll_frame(cx),
             ProxyBodyProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            ProxyBodyProj::Prefixed { prefix, rest } => match prefix.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => rest.as_mut().poll_frame(cx),
+            },
         }
     }
 
@@ -52,6 +59,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream { body } => body.is_end_stream(),
             ProxyBody::Local { body } => body.is_end_stream(),
+            ProxyBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -59,6 +67,16 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream { body } => body.size_hint(),
             ProxyBody::Local { body } => body.size_hint(),
+            ProxyBody::Prefixed { prefix, rest } => {
+                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + extra);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
         }
     }
 }

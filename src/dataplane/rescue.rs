@@ -92,6 +92,32 @@ pub enum ProxyError {
     /// A WebSocket upgrade on a route without `upgrade: websocket`.
     #[error("this route does not allow connection upgrades (WebSocket)")]
     UpgradeNotAllowed,
+    /// A request with this idempotency key is still in flight.
+    #[error("a request with this idempotency key is in progress; retry after it completes")]
+    IdempotencyInProgress {
+        /// A hint for when to ask again.
+        retry_after: std::time::Duration,
+    },
+    /// The idempotency key was used before for a different request.
+    #[error("this idempotency key was used for a different request")]
+    IdempotencyKeyReused,
+    /// The first request with this key may or may not have been acted on.
+    #[error("the outcome of the first request with this idempotency key is unknown; reconcile before retrying with a new key")]
+    IdempotencyOutcomeUnknown,
+    /// The first request with this key completed, but its response was too large to store.
+    #[error(
+        "the first request with this idempotency key completed but its response was not stored"
+    )]
+    IdempotencyResponseNotStored,
+    /// The idempotency store failed and the route says `on_error: refuse`.
+    #[error("the idempotency store is unavailable")]
+    IdempotencyStoreUnavailable,
+    /// The request body is larger than the route's `idempotency.max_request_bytes`.
+    #[error("the request body is too large to fingerprint for its idempotency key")]
+    IdempotencyBodyTooLarge,
+    /// The idempotency key header is empty or longer than 255 bytes.
+    #[error("the idempotency key must be 1 to 255 bytes")]
+    IdempotencyKeyInvalid,
 }
 
 impl ProxyError {
@@ -117,6 +143,13 @@ impl ProxyError {
             ProxyError::BadPath => "bad_path",
             ProxyError::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
             ProxyError::UpgradeNotAllowed => "upgrade_not_allowed",
+            ProxyError::IdempotencyInProgress { .. } => "idempotency_in_progress",
+            ProxyError::IdempotencyKeyReused => "idempotency_key_reused",
+            ProxyError::IdempotencyOutcomeUnknown => "idempotency_outcome_unknown",
+            ProxyError::IdempotencyResponseNotStored => "idempotency_response_not_stored",
+            ProxyError::IdempotencyStoreUnavailable => "idempotency_store_unavailable",
+            ProxyError::IdempotencyBodyTooLarge => "idempotency_body_too_large",
+            ProxyError::IdempotencyKeyInvalid => "idempotency_key_invalid",
         }
     }
 
@@ -131,7 +164,14 @@ impl ProxyError {
             | ProxyError::ClientBodyError
             | ProxyError::BadHost
             | ProxyError::BadPath
-            | ProxyError::UpgradeNotAllowed => StatusCode::BAD_REQUEST,
+            | ProxyError::UpgradeNotAllowed
+            | ProxyError::IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
+            ProxyError::IdempotencyInProgress { .. }
+            | ProxyError::IdempotencyOutcomeUnknown
+            | ProxyError::IdempotencyResponseNotStored => StatusCode::CONFLICT,
+            ProxyError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ProxyError::IdempotencyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::IdempotencyBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientClosed => {
                 StatusCode::from_u16(499).expect("499 is a valid status code")
@@ -167,7 +207,8 @@ impl ProxyError {
         headers.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
         if let ProxyError::CircuitOpen { retry_after }
         | ProxyError::CircuitHalfOpen { retry_after }
-        | ProxyError::RateLimited { retry_after } = self
+        | ProxyError::RateLimited { retry_after }
+        | ProxyError::IdempotencyInProgress { retry_after } = self
         {
             // Whole seconds, rounded up, at least 1: "0" would invite an immediate retry.
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

@@ -132,6 +132,9 @@ struct Families {
     last_reload: prometheus::Gauge,
     config_hash: IntGaugeVec,
     read_timeouts: IntCounterVec,
+    idempotency: IntCounterVec,
+    idempotency_evictions: IntCounterVec,
+    idempotency_keys_generated: IntCounterVec,
 }
 
 fn float_gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -223,6 +226,9 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("metric names are unique");
                 g
             },
+            idempotency: counters(r, names::IDEMPOTENCY_TOTAL, "Requests with an idempotency key by what the idempotency layer did.", &["route", "result"]),
+            idempotency_evictions: counters(r, names::IDEMPOTENCY_EVICTIONS_TOTAL, "Keys a route's local idempotency store evicted at max_keys before their ttl.", &["route"]),
+            idempotency_keys_generated: counters(r, names::IDEMPOTENCY_KEYS_GENERATED_TOTAL, "Idempotency keys backstop added to non-idempotent requests.", &["upstream"]),
             rate_limit_evictions: counters(r, names::RATE_LIMIT_EVICTIONS_TOTAL, "Keys a route's local rate limit evicted to make room for new ones at max_keys.", &["route"]),
             slo_events: counters(r, names::SLO_EVENTS_TOTAL, "SLI events per SLO, good or bad.", &["slo", "result"]),
             slo_objective: float_gauges(r, names::SLO_OBJECTIVE, "SLO objective as a ratio.", &["slo"]),
@@ -394,6 +400,24 @@ impl Metrics {
         self.0
             .outcome_unknown
             .with_label_values(&[route, upstream])
+            .inc();
+    }
+
+    /// Counts one idempotency layer decision for `route`.
+    pub fn idempotency(&self, route: &str, result: &str) {
+        self.0.idempotency.with_label_values(&[route, result]).inc();
+    }
+
+    /// The counter of keys a route's local idempotency store evicted.
+    pub fn idempotency_evictions(&self, route: &str) -> prometheus::IntCounter {
+        self.0.idempotency_evictions.with_label_values(&[route])
+    }
+
+    /// Counts a key generated for a request to `upstream`.
+    pub fn idempotency_key_generated(&self, upstream: &str) {
+        self.0
+            .idempotency_keys_generated
+            .with_label_values(&[upstream])
             .inc();
     }
 

@@ -94,3 +94,11 @@ pub const CONNECTIONS_CLOSED_TOTAL: &str = "backstop_connections_closed_total";
 pub const CONNECTIONS_SATURATED_TOTAL: &str = "backstop_connections_saturated_total";
 /// Upstream response bodies cut because no data arrived for `read_timeout`, per endpoint.
 pub const UPSTREAM_READ_TIMEOUTS_TOTAL: &str = "backstop_upstream_read_timeouts_total";
+/// Requests with an idempotency key by what the idempotency layer did (stored, replayed,
+/// in_progress, conflict, unknown, store_error, released, not_stored, refused_unknown,
+/// forwarded_again).
+pub const IDEMPOTENCY_TOTAL: &str = "backstop_idempotency_total";
+/// Keys a route's local idempotency store evicted at max_keys before their ttl.
+pub const IDEMPOTENCY_EVICTIONS_TOTAL: &str = "backstop_idempotency_evictions_total";
+/// Keys backstop generated for non-idempotent requests to an upstream (`idempotency_key`).
+pub const IDEMPOTENCY_KEYS_GENERATED_TOTAL: &str = "backstop_idempotency_keys_generated_total";

@@ -7,6 +7,7 @@ pub mod adaptive;
 pub mod breaker;
 pub mod classify;
 pub mod health;
+pub mod idempotency;
 pub mod outlier;
 pub mod rate;
 pub mod retry;

@@ -7,8 +7,11 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, Route};
+use crate::config::{Config, IdempotencyStore, Route};
 use crate::dataplane::breaker_cell::BreakerCell;
+use crate::dataplane::idempotency::local::LocalStore;
+use crate::dataplane::idempotency::redis::RedisStore;
+use crate::dataplane::idempotency::Store;
 use crate::dataplane::ratelimit::global::Redis;
 use crate::dataplane::ratelimit::RouteLimiter;
 use crate::metrics::handles::RouteMetrics;
@@ -29,6 +32,8 @@ pub struct LiveRoute {
     pub limiter: Option<Arc<RouteLimiter>>,
     /// Retry budget (`None` without a retry policy).
     pub budget: Option<Arc<RetryBudget>>,
+    /// Idempotency key records (`None` without `idempotency:`).
+    pub idempotency: Option<Arc<Store>>,
 }
 
 /// What a route's live parts are built from besides its own config.
@@ -81,12 +86,35 @@ impl LiveRoute {
                 ))
             })
         });
+        let idempotency = config.idempotency.as_ref().and_then(|wanted| {
+            let old = previous.and_then(|p| p.config.idempotency.as_ref());
+            kept(previous.and_then(|p| p.idempotency.as_ref()), |_| {
+                old.is_some_and(|old| {
+                    old.store == wanted.store
+                        && old.max_keys == wanted.max_keys
+                        && (wanted.store == IdempotencyStore::Local || cx.redis_same)
+                })
+            })
+            .or_else(|| {
+                let store = match wanted.store {
+                    IdempotencyStore::Local => Store::Local(LocalStore::new(
+                        wanted.max_keys,
+                        cx.metrics.idempotency_evictions(&config.name),
+                    )),
+                    IdempotencyStore::Redis => {
+                        Store::Redis(RedisStore::new(cx.redis?.clone(), &config.name))
+                    }
+                };
+                Some(Arc::new(store))
+            })
+        });
         Self {
             config: config.clone(),
             metrics: RouteMetrics::new(cx.metrics, &config.name, upstream),
             breaker,
             limiter,
             budget,
+            idempotency,
         }
     }
 }

@@ -78,6 +78,9 @@ impl Snapshot {
             r.rate_limit
                 .as_ref()
                 .is_some_and(|l| l.scope == Scope::Global)
+                || r.idempotency
+                    .as_ref()
+                    .is_some_and(|i| i.store == crate::config::IdempotencyStore::Redis)
         });
         let redis = match previous {
             Some(p) if global && p.redis.is_some() && p.config.redis == config.redis => {

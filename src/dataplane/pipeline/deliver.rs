@@ -55,22 +55,80 @@ pub async fn deliver(
     req: Request<Incoming>,
     load: &ListenerLoad,
 ) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let snapshot = Arc::clone(&ex.snapshot);
+    let route = &snapshot.routes[ex.outcome.route.unwrap_or_default()].config;
+    let limits = &snapshot.config.server;
+    let source = Source::new(body, route, load, limits, &mut ex.outcome.note);
+    deliver_from(ex, parts, source).await
+}
+
+/// [`deliver`] with the body's [`Source`] already made (the idempotency stage reads bodies
+/// whole first).
+pub async fn deliver_from(
+    ex: &mut Exchange,
+    mut parts: http::request::Parts,
+    source: Source,
+) -> Response<ProxyBody> {
+    let generated = generate_key(ex, &mut parts);
+    let mut response = attempts(ex, parts, source).await;
+    if let Some(key) = generated {
+        response.headers_mut().insert(GENERATED_KEY_HEADER, key);
+    }
+    response
+}
+
+/// Header on the response naming the idempotency key backstop generated for the request.
+pub const GENERATED_KEY_HEADER: &str = "x-backstop-idempotency-key";
+
+/// Adds a fresh key (UUID v4) to a non-idempotent request without one, when the route's
+/// upstream declares `idempotency_key: { generate: true }`. Added once, before the first
+/// attempt, so every attempt carries the same key.
+fn generate_key(ex: &Exchange, parts: &mut http::request::Parts) -> Option<HeaderValue> {
+    let upstream = &ex.snapshot.upstreams[ex.route().config.upstream];
+    let key = upstream.config.idempotency_key.as_ref()?;
+    if !key.generate
+        || rules::is_idempotent(&parts.method)
+        || parts.headers.contains_key(&key.header)
+    {
+        return None;
+    }
+    let value = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok()?;
+    parts.headers.insert(key.header.clone(), value.clone());
+    ex.snapshot
+        .metrics
+        .idempotency_key_generated(&upstream.name);
+    Some(value)
+}
+
+/// Stages 3 to 9.
+async fn attempts(
+    ex: &mut Exchange,
+    mut parts: http::request::Parts,
+    mut source: Source,
+) -> Response<ProxyBody> {
     let snapshot = Arc::clone(&ex.snapshot);
     let route_index = ex.outcome.route.unwrap_or_default();
     let live = &snapshot.routes[route_index];
     let route = &live.config;
     let policy = route.retry.as_ref();
 
-    let (mut parts, body) = req.into_parts();
     attempt::prepare_headers(&mut parts);
     let http1 = parts.version <= Version::HTTP_11;
+    // A request carrying the key header of an upstream that declares `idempotency_key` is
+    // deduplicated there: retried like `non_idempotent: idempotency-key` (and pinned to that
+    // upstream once written, see `Trail`).
+    let keyed = snapshot.upstreams[route.upstream]
+        .config
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| parts.headers.contains_key(&k.header));
     let kind = match policy {
+        _ if rules::is_idempotent(&parts.method) => RequestKind::Idempotent,
+        _ if keyed => RequestKind::KeyedNonIdempotent,
         Some(p) => rules::request_kind(&parts.method, &parts.headers, p),
-        None if rules::is_idempotent(&parts.method) => RequestKind::Idempotent,
         None => RequestKind::NonIdempotent,
     };
-    let limits = &snapshot.config.server;
-    let mut source = Source::new(body, route, load, limits, &mut ex.outcome.note);
     if let Some(budget) = &live.budget {
         budget.deposit(ex.started);
     }

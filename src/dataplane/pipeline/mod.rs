@@ -6,6 +6,7 @@
 //! | 0 | observe (start) | [`observe`] | request id, in-flight gauge, the clock |
 //! | 1 | admission | [`admit`] | well-formed request, forwarding headers, route match |
 //! | 2 | rate limit | [`limit`] | the route's limit for this key; 429 before any work |
+//! | 2b | idempotency | [`idempotency`] | a key's first request delivered once; repeats replayed |
 //! | 3 | deadline | [`deliver`] | the route's timeout bounds every attempt and back-off |
 //! | 4 | breaker admission | [`target`] | the route's or upstream's breaker admits an attempt |
 //! | 5 | bulkhead | [`target`] | the upstream's concurrency limit has room |
@@ -32,6 +33,7 @@ pub mod answer;
 pub mod attempt;
 pub mod deliver;
 pub mod exchange;
+pub mod idempotency;
 pub mod limit;
 pub mod observe;
 pub mod outcome;
@@ -127,7 +129,7 @@ impl Pipeline {
         let mut response = if ex.route().config.upgrade.is_some() && upgrade::requested(&req) {
             tunnel::deliver(ex, req).await
         } else {
-            deliver::deliver(ex, req, &shared.load).await
+            idempotency::deliver(ex, req, &shared.load).await
         };
         if let Some(headers) = rate_headers {
             headers.apply(response.headers_mut());

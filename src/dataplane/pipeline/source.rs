@@ -36,6 +36,8 @@ enum Kind {
     Replay(ReplayBody),
     /// The client sent no body: every attempt gets an empty one, nothing to keep.
     Empty,
+    /// Read whole before the first attempt (the idempotency stage fingerprints it).
+    Read(bytes::Bytes),
 }
 
 impl Source {
@@ -81,6 +83,20 @@ impl Source {
         }
     }
 
+    /// A body already read whole: every attempt gets a copy. `reserved` is its share of the
+    /// listener's buffer memory.
+    pub fn read(
+        body: bytes::Bytes,
+        watch: Arc<BodyWatch>,
+        reserved: Option<BufferReservation>,
+    ) -> Self {
+        Self {
+            kind: Kind::Read(body),
+            watch,
+            _reserved: reserved,
+        }
+    }
+
     /// Whether more than one attempt can ever be sent (else the request's parts need not be
     /// kept either).
     pub fn replayable(&self) -> bool {
@@ -97,6 +113,9 @@ impl Source {
             Kind::Empty => Some(RequestBody::Local {
                 body: http_body_util::Full::new(bytes::Bytes::new()),
             }),
+            Kind::Read(body) => Some(RequestBody::Local {
+                body: http_body_util::Full::new(body.clone()),
+            }),
         }
     }
 
@@ -105,7 +124,7 @@ impl Source {
         match &self.kind {
             Kind::Once(body) => body.is_some(),
             Kind::Replay(body) => body.can_replay(),
-            Kind::Empty => true,
+            Kind::Empty | Kind::Read(_) => true,
         }
     }
 
@@ -120,7 +139,7 @@ impl Source {
             Kind::Once(Some(body)) => settle::Remainder::Client(body),
             Kind::Replay(body) => settle::Remainder::Replay(body),
             Kind::Once(None) => settle::Remainder::Gone,
-            Kind::Empty => settle::Remainder::None,
+            Kind::Empty | Kind::Read(_) => settle::Remainder::None,
         };
         settle::keep_alive_safe(response, remainder, &self.watch, http1).await
     }

@@ -246,6 +246,51 @@ impl Redis {
         })
     }
 
+    /// Runs `script` on one key with `args` within `redis.timeout`, with the same error
+    /// counting and fail-fast period as rate limit decisions (for the idempotency store).
+    pub async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[Vec<u8>],
+    ) -> Result<T, GlobalError> {
+        if self.down.load(Ordering::Acquire) {
+            return Err(GlobalError::Down);
+        }
+        let holder = self
+            .connection
+            .load_full()
+            .ok_or(GlobalError::NotConnected)?;
+        let mut invocation = script.prepare_invoke();
+        invocation.key(key);
+        for arg in args {
+            invocation.arg(arg.as_slice());
+        }
+        let call = async {
+            let reply: T = match holder.0.clone() {
+                Connection::Single(mut c) => invocation.invoke_async(&mut c).await?,
+                Connection::Cluster(mut c) => invocation.invoke_async(&mut c).await?,
+            };
+            Ok::<_, GlobalError>(reply)
+        };
+        let reply = tokio::time::timeout(self.config.timeout, call)
+            .await
+            .map_err(|_| GlobalError::Timeout)
+            .and_then(|r| r);
+        match reply {
+            Ok(reply) => {
+                if self.errors.load(Ordering::Relaxed) != 0 {
+                    self.errors.store(0, Ordering::Relaxed);
+                }
+                Ok(reply)
+            }
+            Err(e) => {
+                self.failed(&e, holder);
+                Err(e)
+            }
+        }
+    }
+
     /// Counts a failed decision; the one that reaches [`FAIL_FAST_AFTER`] starts failing fast
     /// and the probe.
     fn failed(&self, error: &GlobalError, holder: Arc<ConnectionHolder>) {
