@@ -119,20 +119,40 @@ enum Command {
         format: ReportFormat,
     },
     /// Run simulated backends, the proxy and a load generator, all on loopback.
+    ///
+    /// The demo config is built in, so this works from any directory. --port-base N moves every
+    /// port to a fixed layout from N.
+    #[command(after_help = demo_help())]
     Demo {
-        /// Config file for the proxy.
-        #[arg(short, long, default_value = "config/demo.yaml")]
-        config: PathBuf,
+        /// Config file for the proxy (default: the built-in config/demo.yaml).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
         /// Requests per second the load generator sends.
         #[arg(long, default_value_t = 20)]
         rps: u32,
         /// How long the load generator runs (the proxy keeps running until Ctrl-C).
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         load_for: Duration,
+        /// Move every port (proxy, admin, simulated backends) to the layout below; 0 lets the
+        /// OS pick free ports (the welcome shows them). Without it the config's ports are used
+        /// (proxy 8080, admin 9901, backends 19101-19401).
+        #[arg(long, value_name = "N")]
+        port_base: Option<u16>,
+        /// Print the demo config (with the ports moved by --port-base) and exit.
+        #[arg(long)]
+        print_config: bool,
         /// Log line format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+}
+
+/// `backstop demo --help`: the port layout.
+fn demo_help() -> String {
+    format!(
+        "Port layout with --port-base N: {}.",
+        backstop::demo::ports::describe_layout()
+    )
 }
 
 fn main() -> ExitCode {
@@ -198,11 +218,58 @@ fn main() -> ExitCode {
             config,
             rps,
             load_for,
+            port_base,
+            print_config,
             log_format,
         } => {
+            let text = match config.as_deref().map(std::fs::read_to_string) {
+                None => backstop::demo::ports::CONFIG.to_owned(),
+                Some(Ok(text)) => text,
+                Some(Err(e)) => {
+                    eprintln!(
+                        "backstop: cannot read {}: {e}",
+                        config.unwrap_or_default().display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            if print_config {
+                return print_demo_config(&text, port_base);
+            }
             telemetry::init(log_format, "info,backstop::access=warn");
-            let options = backstop::demo::Options { rps, load_for };
-            exit(runtime(None).and_then(|rt| rt.block_on(demo(&config, options))))
+            let options = backstop::demo::Options {
+                rps,
+                load_for,
+                port_base,
+            };
+            exit(runtime(None).and_then(|rt| rt.block_on(demo(&text, options))))
+        }
+    }
+}
+
+/// `backstop demo --print-config`.
+fn print_demo_config(text: &str, port_base: Option<u16>) -> ExitCode {
+    use backstop::demo::ports;
+    let moved = match port_base {
+        None => Ok(text.to_owned()),
+        Some(0) => {
+            eprintln!(
+                "backstop: --print-config needs a fixed --port-base (0 picks ports at start)"
+            );
+            return ExitCode::FAILURE;
+        }
+        Some(base) => ports::parse(text)
+            .and_then(|tree| ports::Layout::from_base(base, ports::endpoints(&tree).len()))
+            .and_then(|layout| ports::rewrite(text, &layout)),
+    };
+    match moved {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backstop: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -548,11 +615,15 @@ async fn run(path: &Path, workers: Workers) -> anyhow::Result<Option<usize>> {
     Ok(Some(app.shutdown().await.cut))
 }
 
-async fn demo(path: &Path, options: backstop::demo::Options) -> anyhow::Result<bool> {
-    let Some(config) = load_config(path) else {
-        return Ok(false);
+async fn demo(text: &str, options: backstop::demo::Options) -> anyhow::Result<bool> {
+    let demo = match backstop::demo::Demo::launch(text, options).await {
+        Ok(demo) => demo,
+        Err(backstop::demo::DemoError::Config(e)) => {
+            print_issues(Path::new("demo config"), &e);
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
     };
-    let demo = backstop::demo::Demo::start(config, options).await?;
     demo.print_welcome();
     shutdown_signal().await?;
     tracing::info!("stopping the demo");
