@@ -107,3 +107,32 @@ routes:\n\
         "successes are sampled out at 0%"
     );
 }
+
+/// Upstream time apart from total time is a metric too: one failed attempt and one retry are
+/// summed in `backstop_upstream_duration_seconds`; a request backstop refused has none.
+#[tokio::test]
+async fn upstream_time_is_a_histogram_per_route() {
+    let slow = Backend::start(Behaviour::Delay(Duration::from_millis(120))).await;
+    let yaml = format!(
+        "upstreams:\n  pg:\n    endpoints: [{{ address: \"{}\" }}]\nroutes:\n  - {{ name: r, upstream: pg, rate_limit: {{ rate: 1/m }} }}\n",
+        slow.addr
+    );
+    let app = support::proxy(&yaml).await;
+    let ok = support::get(format!("http://{}/x", app.proxy_addr())).await;
+    assert_eq!(ok.status, 200);
+    let limited = support::get(format!("http://{}/x", app.proxy_addr())).await;
+    assert_eq!(limited.status, 429);
+    let text = support::metrics(&app).await;
+    let series = "backstop_upstream_duration_seconds_count{route=\"r\",upstream=\"pg\"}";
+    assert_eq!(
+        support::sample(&text, series),
+        Some(1.0),
+        "only the forwarded one"
+    );
+    let sum = support::sample(
+        &text,
+        "backstop_upstream_duration_seconds_sum{route=\"r\",upstream=\"pg\"}",
+    )
+    .unwrap();
+    assert!((0.12..1.0).contains(&sum), "waited {sum}s on the upstream");
+}

@@ -28,7 +28,7 @@ fn cells(snapshot: &Snapshot) -> impl Iterator<Item = &Arc<BreakerCell>> {
 
 /// Every breaker (with its original trip and history) and every endpoint under outlier
 /// detection (with its ejection history).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct CircuitsView {
     /// Breakers, upstream-level first.
     pub circuits: Vec<CircuitView>,

@@ -930,5 +930,6 @@ pub fn schemas() -> serde_json::Value {
         "/admin/routes": schema(schemars::schema_for!(RoutesView)),
         "/admin/upstreams": schema(schemars::schema_for!(UpstreamsView)),
         "/admin/slos": schema(schemars::schema_for!(SlosView)),
+        "/admin/circuits": schema(schemars::schema_for!(crate::admin::circuits::CircuitsView)),
     })
 }

@@ -5,8 +5,8 @@
 
 mod compile;
 mod compile_adaptive;
-mod compile_metrics;
 mod compile_idempotency;
+mod compile_metrics;
 mod compile_policy;
 mod compile_rules;
 mod compile_server;

@@ -76,7 +76,7 @@ struct History {
 }
 
 /// A breaker as `/admin/circuits` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CircuitView {
     /// Upstream name.
     pub upstream: String,
@@ -107,7 +107,7 @@ pub struct CircuitView {
 }
 
 /// The sliding window of a breaker.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct WindowView {
     /// Calls in the window.
     pub requests: u32,
@@ -122,7 +122,7 @@ pub struct WindowView {
 }
 
 /// Window counts at a transition.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, schemars::JsonSchema)]
 pub struct Counts {
     /// Calls in the window.
     pub requests: u32,
@@ -133,7 +133,7 @@ pub struct Counts {
 }
 
 /// One past transition.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct TransitionView {
     /// RFC 3339 wall-clock time, milliseconds.
     pub at: String,

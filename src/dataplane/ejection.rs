@@ -33,7 +33,7 @@ pub struct EjectionCell {
 pub const HISTORY: usize = 8;
 
 /// What happened to an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EjectionEvent {
     /// Taken out of rotation.
@@ -43,7 +43,7 @@ pub enum EjectionEvent {
 }
 
 /// Why, from a bounded set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EjectionReason {
     /// `consecutive_failures` failures in a row.
@@ -63,7 +63,7 @@ struct Entry {
 }
 
 /// One endpoint as `/admin/circuits` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct EndpointView {
     /// Upstream name.
     pub upstream: String,
@@ -80,7 +80,7 @@ pub struct EndpointView {
 }
 
 /// One past ejection event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct EjectionView {
     /// RFC 3339 wall-clock time, milliseconds.
     pub at: String,

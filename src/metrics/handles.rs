@@ -26,6 +26,7 @@ pub struct RouteMetrics {
     route: String,
     upstream: String,
     duration: Histogram,
+    upstream_duration: Histogram,
     requests: [OnceLock<StatusTable>; METHODS],
 }
 
@@ -37,8 +38,14 @@ impl RouteMetrics {
             route: route.to_owned(),
             upstream: upstream.to_owned(),
             duration: metrics.duration_handle(route, upstream),
+            upstream_duration: metrics.upstream_duration_handle(route, upstream),
             requests: Default::default(),
         }
+    }
+
+    /// Counts the time one request waited on upstreams.
+    pub fn observe_upstream(&self, waited: Duration) {
+        self.upstream_duration.observe(waited.as_secs_f64());
     }
 
     /// Counts one answered request and its duration.

@@ -95,8 +95,9 @@ pub struct Metrics(Arc<Families>);
 struct Families {
     registry: Registry,
     requests: IntCounterVec,
-    /// The duration family and its bounds in seconds; replaced when the bounds change.
-    duration: Mutex<(Vec<f64>, HistogramVec)>,
+    /// The bounds in seconds, and the request and upstream duration families on them;
+    /// replaced when the bounds change.
+    duration: Mutex<(Vec<f64>, HistogramVec, HistogramVec)>,
     attempts: IntCounterVec,
     in_flight: IntGauge,
     circuit_state: IntGaugeVec,
@@ -172,10 +173,12 @@ impl Metrics {
             "Requests answered by backstop.",
             &["route", "upstream", "method", "status"],
         );
-        let duration = duration_family(&DURATION_BUCKETS);
-        registry
-            .register(Box::new(duration.clone()))
-            .expect("metric names are unique");
+        let (duration, upstream_duration) = duration_families(&DURATION_BUCKETS);
+        for family in [&duration, &upstream_duration] {
+            registry
+                .register(Box::new(family.clone()))
+                .expect("metric names are unique");
+        }
         let attempts = counters(
             r,
             names::UPSTREAM_ATTEMPTS_TOTAL,
@@ -196,7 +199,7 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Self(Arc::new(Families {
             requests,
-            duration: Mutex::new((DURATION_BUCKETS.to_vec(), duration)),
+            duration: Mutex::new((DURATION_BUCKETS.to_vec(), duration, upstream_duration)),
             attempts,
             in_flight,
             circuit_state: gauges(r, names::CIRCUIT_STATE, "Circuit breaker state, one-hot over closed, open, half_open.", &["upstream", "route", "state"]),
@@ -503,7 +506,13 @@ impl Metrics {
         family.1.with_label_values(&[route, upstream])
     }
 
-    /// Uses `bounds` as the buckets of the duration histogram from now on. Unchanged bounds
+    /// The upstream-time histogram of one route.
+    pub fn upstream_duration_handle(&self, route: &str, upstream: &str) -> prometheus::Histogram {
+        let family = self.0.duration.lock().unwrap_or_else(|e| e.into_inner());
+        family.2.with_label_values(&[route, upstream])
+    }
+
+    /// Uses `bounds` as the buckets of the duration histograms from now on. Unchanged bounds
     /// keep the family; new ones replace it, so its series start over (handles taken before
     /// keep counting into the old family, which is no longer exported). Call it before taking
     /// the handles of a new snapshot.
@@ -513,15 +522,17 @@ impl Metrics {
         if family.0 == seconds || seconds.is_empty() {
             return;
         }
-        let fresh = duration_family(&seconds);
-        let _ = self.0.registry.unregister(Box::new(family.1.clone()));
-        if let Err(e) = self.0.registry.register(Box::new(fresh.clone())) {
-            // Cannot happen (the old family is gone); keep the old one exported.
-            tracing::error!(error = %e, "cannot replace the duration histogram");
-            let _ = self.0.registry.register(Box::new(family.1.clone()));
-            return;
+        let (requests, upstreams) = duration_families(&seconds);
+        for (old, fresh) in [(&family.1, &requests), (&family.2, &upstreams)] {
+            let _ = self.0.registry.unregister(Box::new(old.clone()));
+            if let Err(e) = self.0.registry.register(Box::new(fresh.clone())) {
+                // Cannot happen (the old family is gone); keep the old one exported.
+                tracing::error!(error = %e, "cannot replace a duration histogram");
+                let _ = self.0.registry.register(Box::new(old.clone()));
+                return;
+            }
         }
-        *family = (seconds, fresh);
+        *family = (seconds, requests, upstreams);
     }
 
     /// The attempt counter of one endpoint and result.
@@ -556,17 +567,25 @@ impl Default for Metrics {
     }
 }
 
-/// The request duration histogram family with `bounds` (seconds, ascending).
-fn duration_family(bounds: &[f64]) -> HistogramVec {
-    HistogramVec::new(
-        HistogramOpts::new(
+/// The request and upstream duration histogram families with `bounds` (seconds, ascending).
+fn duration_families(bounds: &[f64]) -> (HistogramVec, HistogramVec) {
+    let family = |name: &str, help: &str| {
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(bounds.to_vec()),
+            &["route", "upstream"],
+        )
+        .expect("valid metric")
+    };
+    (
+        family(
             names::REQUEST_DURATION_SECONDS,
             "Time from request received to response headers sent, in seconds.",
-        )
-        .buckets(bounds.to_vec()),
-        &["route", "upstream"],
+        ),
+        family(
+            names::UPSTREAM_DURATION_SECONDS,
+            "Time requests spent waiting on upstreams, summed over their attempts, in seconds.",
+        ),
     )
-    .expect("valid metric")
 }
 
 /// Folds methods to a fixed set so a client cannot create label values at will.

@@ -7,6 +7,8 @@
 pub const REQUESTS_TOTAL: &str = "backstop_requests_total";
 /// End-to-end request duration as seen by backstop, by route and upstream.
 pub const REQUEST_DURATION_SECONDS: &str = "backstop_request_duration_seconds";
+/// Time requests spent waiting on upstreams (all attempts), per route and upstream.
+pub const UPSTREAM_DURATION_SECONDS: &str = "backstop_upstream_duration_seconds";
 /// Attempts sent to an upstream endpoint, by result.
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "backstop_upstream_attempts_total";
 /// Constant 1, labelled with the version.

@@ -110,6 +110,16 @@ pub enum OnError {
     Deny,
 }
 
+impl OnError {
+    /// The config word, as logs and the admin API write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::Allow => "allow",
+            OnError::Deny => "deny",
+        }
+    }
+}
+
 /// One GCRA decision. `tat` is the bucket's theoretical arrival time (0 for a new key), `now`
 /// the current time, both in nanoseconds on one clock. Returns the verdict and the new `tat`
 /// to store (unchanged when rejected). A bucket whose `tat <= now` is full: forgetting it

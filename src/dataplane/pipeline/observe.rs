@@ -63,8 +63,14 @@ impl Observed {
                 .slos
                 .record(route, status, outcome.reason, elapsed);
         }
+        let attempted = outcome.attempts > 0;
         match ex.route_metrics() {
-            Some(handles) => handles.observe(&self.method, status, elapsed),
+            Some(handles) => {
+                handles.observe(&self.method, status, elapsed);
+                if attempted {
+                    handles.observe_upstream(outcome.upstream_time);
+                }
+            }
             None => {
                 let (route, upstream) = (ex.route_name(), ex.upstream_name());
                 metrics
@@ -73,6 +79,11 @@ impl Observed {
                 metrics
                     .duration_handle(route, upstream)
                     .observe(elapsed.as_secs_f64());
+                if attempted {
+                    metrics
+                        .upstream_duration_handle(route, upstream)
+                        .observe(outcome.upstream_time.as_secs_f64());
+                }
             }
         }
         if let Some(path) = self.path.filter(|_| sampled(ex, status)) {

@@ -132,9 +132,9 @@ impl RouteLimiter {
                         if e.is_fast() {
                             // Redis is known to be down: said once when that began, not per request.
                             self.fast_fails.inc();
-                            tracing::debug!(route = %self.route, error = %e, on_error = ?redis.on_error(), "global rate limit undecided");
+                            tracing::debug!(route = %self.route, error = %e, on_error = redis.on_error().as_str(), "global rate limit undecided");
                         } else {
-                            tracing::warn!(route = %self.route, error = %redis.describe(&e), on_error = ?redis.on_error(), "global rate limit undecided");
+                            tracing::warn!(route = %self.route, error = %redis.describe(&e), on_error = redis.on_error().as_str(), "global rate limit undecided");
                         }
                         let allowed = redis.on_error() == OnError::Allow;
                         let retry = Duration::from_secs(1);

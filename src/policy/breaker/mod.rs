@@ -83,7 +83,7 @@ pub struct BreakerConfig {
 }
 
 /// The three states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StateName {
     /// Traffic flows.
@@ -115,7 +115,7 @@ impl fmt::Display for StateName {
 }
 
 /// Why a breaker changed state: a bounded set, fit for a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
     /// The breaker was created (its state before any transition).
