@@ -19,6 +19,7 @@
 //! too; `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapes.
 
 pub mod circuits;
+pub mod sampler;
 pub mod status;
 pub mod views;
 
