@@ -143,6 +143,7 @@ upstreams:\n\
 \x20\x20agency:\n    endpoints: [{{ address: \"{}\" }}]\n\
 routes:\n\
 \x20\x20- {{ name: payments-create, match: {{ path_prefix: /pay }}, upstream: pg }}\n\
+\x20\x20- {{ name: payments-read, match: {{ path_prefix: /read }}, upstream: pg }}\n\
 \x20\x20- {{ name: checkout, match: {{ path_prefix: /checkout }}, upstream: pg-a, failover: [pg-b], retry: {{ attempts: 2, on: [503], backoff: {{ base: 1ms, max: 1ms }} }} }}\n\
 \x20\x20- {{ name: ledger, match: {{ path_prefix: /ledger }}, upstream: ledger, retry: {{ attempts: 3, on: [reset, 503] }} }}\n\
 \x20\x20- {{ name: agency-orders, match: {{ path_prefix: /orders }}, upstream: agency, rate_limit: {{ rate: {rate}, burst: 1 }} }}\n\
@@ -244,6 +245,10 @@ async fn chromium_dom_splits_backstop_refusals_from_upstream_failures() {
     }
     assert_eq!(reasons, ["", "", "circuit_open"]);
     assert_eq!(pg.hits(), 2, "the breaker kept the third request away");
+    // Another route on the same upstream meets the same (upstream-level) breaker.
+    let read = get(format!("http://{proxy}/read")).await;
+    assert_eq!(read.header("x-backstop-reason"), "circuit_open");
+    assert_eq!(pg.hits(), 2);
     // A retry on 503 that fails over to pg-b.
     assert_eq!(get(format!("http://{proxy}/checkout")).await.status, 200);
     assert_eq!((pg_a.hits(), pg_b.hits()), (1, 1));
@@ -288,6 +293,9 @@ async fn chromium_dom_splits_backstop_refusals_from_upstream_failures() {
     assert!(cell(&dom, "payments-create:refused").contains("circuit open 1"));
     assert_eq!(headline(&dom, "payments-create:failed"), "2", "{dom}");
     assert!(cell(&dom, "payments-create:failed").contains("5xx 2 · reset 0 · timeout 0"));
+    // The shared upstream's refusal is counted under the route whose request it was.
+    assert_eq!(headline(&dom, "payments-read:refused"), "1", "{dom}");
+    assert_eq!(headline(&dom, "payments-read:failed"), "0", "{dom}");
     assert_eq!(headline(&dom, "payments-create:answers"), "0 / 0 / 3");
     // The retry and the failover; the client saw a 200, so nothing failed.
     assert_eq!(headline(&dom, "checkout:retries"), "1");
@@ -304,8 +312,8 @@ async fn chromium_dom_splits_backstop_refusals_from_upstream_failures() {
     assert!(cell(&dom, "agency-orders:refused").contains("rate limited 2"));
     assert_eq!(headline(&dom, "agency-orders:failed"), "0");
     assert!(dom.contains("counts over the last"), "the window is named");
-    // Upstream rows: pg's breaker refused one, pg-a failed one attempt with a 5xx.
-    assert_eq!(headline(&dom, "pg:refused"), "1");
+    // Upstream rows: pg's breaker refused two (one per route), pg-a failed one attempt.
+    assert_eq!(headline(&dom, "pg:refused"), "2");
     assert_eq!(headline(&dom, "pg-a:failed"), "1");
     // The budget: overspent, in a red bar, said in words, and the process is young.
     let budget = cell(&dom, "payments-availability:budget");

@@ -55,6 +55,13 @@ pub enum Key {
         /// Route name, "" for the upstream's own breaker.
         route: String,
     },
+    /// Requests of a route backstop refused, by reason (`backstop_refused_total`).
+    Refused {
+        /// Route name.
+        route: String,
+        /// The refusal's reason.
+        reason: String,
+    },
     /// Requests an upstream's `max_concurrent_requests` rejected.
     Overloaded(String),
     /// Requests an upstream's enforcing adaptive concurrency limit rejected.
@@ -104,6 +111,10 @@ impl Counts {
                         }
                     }
                     names::OVERLOAD_REJECTED_TOTAL => Key::Overloaded(label("upstream").to_owned()),
+                    names::REFUSED_TOTAL => Key::Refused {
+                        route: label("route").to_owned(),
+                        reason: label("reason").to_owned(),
+                    },
                     names::ADAPTIVE_REJECTIONS_TOTAL if label("mode") != "shadow" => {
                         Key::AdaptiveRejected(label("upstream").to_owned())
                     }

@@ -245,8 +245,6 @@ struct Split {
     retries: u64,
     failovers: u64,
     outcome_unknown: u64,
-    /// Refusals of a shared upstream's own breaker/limits that cannot be told apart per route.
-    shared_refusals: u64,
 }
 
 impl Split {
@@ -263,10 +261,10 @@ impl Split {
 /// from their own counters); what is left of the 5xx came from (or is about) the upstream:
 /// 502 a reset or unusable connection, 504 a timeout, others the upstream's own status.
 ///
-/// An upstream-level breaker or concurrency limit counts per upstream, not per route; when
-/// more than one route sends to that upstream its refusals stay on the upstream's row and
-/// are reported in `shared_refusals` rather than guessed per route.
-fn split(w: &Window<'_>, route: &str, upstream: &str, dedicated: bool) -> Split {
+/// Refusals come from `backstop_refused_total{route,reason}`, which counts each refused
+/// request under its own route whichever breaker or limit refused it (the route's, or a
+/// shared upstream's), so the split is exact on shared upstreams too.
+fn split(w: &Window<'_>, route: &str) -> Split {
     let status = |from: u16, to: u16| {
         w.delta_sum(|k| matches!(k, Key::Status { route: r, status } if r == route && (from..=to).contains(status)))
     };
@@ -275,22 +273,15 @@ fn split(w: &Window<'_>, route: &str, upstream: &str, dedicated: bool) -> Split 
         let base = 100 * (i as u16 + 1);
         *class = status(base, base + 99);
     }
-    let upstream_own = w.delta(&Key::CircuitRejected {
-        upstream: upstream.to_owned(),
-        route: String::new(),
-    });
-    let upstream_limits = w.delta(&Key::Overloaded(upstream.to_owned()))
-        + w.delta(&Key::AdaptiveRejected(upstream.to_owned()));
-    s.circuit_open = w.delta(&Key::CircuitRejected {
-        upstream: upstream.to_owned(),
-        route: route.to_owned(),
-    });
-    if dedicated {
-        s.circuit_open += upstream_own;
-        s.overloaded = upstream_limits;
-    } else {
-        s.shared_refusals = upstream_own + upstream_limits;
-    }
+    let refused = |reason: &str| {
+        w.delta(&Key::Refused {
+            route: route.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    // Counted per route whichever breaker or limit refused (the route's or its upstream's).
+    s.circuit_open = refused("circuit_open") + refused("circuit_half_open");
+    s.overloaded = refused("upstream_overloaded") + refused("adaptive_concurrency_limited");
     s.rate_limited = w.delta(&Key::RateLimited {
         route: route.to_owned(),
         enforce: true,
@@ -316,17 +307,9 @@ fn routes(h: &mut String, snapshot: &Snapshot, sampler: &Sampler, counts: &Count
     for live in &snapshot.routes {
         let route = &live.config;
         let upstream = &snapshot.upstreams[route.upstream];
-        let dedicated = snapshot
-            .routes
-            .iter()
-            .filter(|r| {
-                r.config.upstream == route.upstream || r.config.failover.contains(&route.upstream)
-            })
-            .count()
-            == 1;
         let totals = live.metrics.totals();
         let row = sampler.with_window(counts, |w, old| {
-            let s = split(w, &route.name, &upstream.name, dedicated);
+            let s = split(w, &route.name);
             let p99 = p99(&totals, &old(&route.name), route.timeout.as_secs_f64());
             let all: u64 = s.answered.iter().sum();
             (s, all as f64 / w.span.as_secs_f64().max(1.0), p99)
@@ -335,24 +318,14 @@ fn routes(h: &mut String, snapshot: &Snapshot, sampler: &Sampler, counts: &Count
         let cells = match row {
             Some((s, rps, p99)) => {
                 let refused = format!(
-                    r#"<span class="refused">{}</span><div class="reason">circuit open {} · overloaded {} · rate limited {}</div>{}"#,
+                    r#"<span class="refused">{}</span><div class="reason">circuit open {} · overloaded {} · rate limited {}</div>"#,
                     s.refused(),
                     s.circuit_open,
                     s.overloaded,
                     s.rate_limited,
-                    if s.shared_refusals > 0 {
-                        format!(
-                            r#"<div class="reason">+ {} by the shared upstream {} (see Upstreams); not split per route</div>"#,
-                            s.shared_refusals,
-                            esc(&upstream.name)
-                        )
-                    } else {
-                        String::new()
-                    }
                 );
                 let failed = format!(
-                    r#"<span class="failed">{}{}</span><div class="reason">5xx {} · reset {} · timeout {}</div>"#,
-                    if s.shared_refusals > 0 { "≤ " } else { "" },
+                    r#"<span class="failed">{}</span><div class="reason">5xx {} · reset {} · timeout {}</div>"#,
                     s.failed(),
                     s.upstream_5xx,
                     s.upstream_reset,

@@ -121,6 +121,19 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Whether backstop refused the request by policy (a breaker, a concurrency limit, a
+    /// rate limit) rather than failing at or because of the upstream.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            ProxyError::CircuitOpen { .. }
+                | ProxyError::CircuitHalfOpen { .. }
+                | ProxyError::Overloaded
+                | ProxyError::AdaptiveConcurrencyLimited
+                | ProxyError::RateLimited { .. }
+        )
+    }
+
     /// The public reason name.
     pub fn reason(self) -> &'static str {
         match self {

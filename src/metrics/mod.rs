@@ -112,6 +112,7 @@ struct Families {
     adaptive_limit: IntGaugeVec,
     adaptive_in_flight: IntGaugeVec,
     adaptive_rejections: IntCounterVec,
+    refused: IntCounterVec,
     retries: IntCounterVec,
     budget_exhausted: IntCounterVec,
     outcome_unknown: IntCounterVec,
@@ -213,6 +214,7 @@ impl Metrics {
             overload_rejected: counters(r, names::OVERLOAD_REJECTED_TOTAL, "Requests rejected by max_concurrent_requests.", &["upstream"]),
             adaptive_limit: gauges(r, names::ADAPTIVE_LIMIT, "The adaptive concurrency limit of the upstream.", &["upstream"]),
             adaptive_in_flight: gauges(r, names::ADAPTIVE_IN_FLIGHT, "Requests in flight under the adaptive concurrency limit.", &["upstream"]),
+            refused: counters(r, names::REFUSED_TOTAL, "Requests backstop refused itself, by route and reason (circuit_open, circuit_half_open, upstream_overloaded, adaptive_concurrency_limited, rate_limited).", &["route", "reason"]),
             adaptive_rejections: counters(r, names::ADAPTIVE_REJECTIONS_TOTAL, "Requests rejected (enforce) or that would have been rejected (shadow) by the adaptive concurrency limit.", &["upstream", "mode"]),
             retries: counters(r, names::RETRIES_TOTAL, "Retries by route and triggering condition.", &["route", "reason"]),
             budget_exhausted: counters(r, names::RETRY_BUDGET_EXHAUSTED_TOTAL, "Retries refused by the retry budget.", &["route"]),
@@ -504,6 +506,11 @@ impl Metrics {
     pub fn duration_handle(&self, route: &str, upstream: &str) -> prometheus::Histogram {
         let family = self.0.duration.lock().unwrap_or_else(|e| e.into_inner());
         family.1.with_label_values(&[route, upstream])
+    }
+
+    /// The counter of requests of `route` backstop refused for `reason`.
+    pub fn refused_handle(&self, route: &str, reason: &str) -> prometheus::IntCounter {
+        self.0.refused.with_label_values(&[route, reason])
     }
 
     /// The upstream-time histogram of one route.

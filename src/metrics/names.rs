@@ -43,6 +43,10 @@ pub const ADAPTIVE_LIMIT: &str = "backstop_adaptive_concurrency_limit";
 pub const ADAPTIVE_IN_FLIGHT: &str = "backstop_adaptive_concurrency_in_flight";
 /// Requests the adaptive concurrency limit rejected (enforce) or would have (shadow).
 pub const ADAPTIVE_REJECTIONS_TOTAL: &str = "backstop_adaptive_concurrency_rejections_total";
+/// Requests backstop refused itself (circuit open, overloaded, rate limited...), by route and
+/// reason: an upstream's own breaker and limits are counted per upstream elsewhere; this says
+/// which route's requests they were.
+pub const REFUSED_TOTAL: &str = "backstop_refused_total";
 /// Retries by route and the condition that triggered them.
 pub const RETRIES_TOTAL: &str = "backstop_retries_total";
 /// Retries refused by the route's retry budget.

@@ -63,6 +63,11 @@ impl Observed {
                 .slos
                 .record(route, status, outcome.reason, elapsed);
         }
+        if let Some(reason) = outcome.reason.filter(|r| r.is_refusal()) {
+            metrics
+                .refused_handle(ex.route_name(), reason.reason())
+                .inc();
+        }
         let attempted = outcome.attempts > 0;
         match ex.route_metrics() {
             Some(handles) => {
