@@ -24,10 +24,18 @@
 //! long interval (8064 samples for 28d at 5m). The price: averaging the 1d moving average over
 //! the period blurs its edges by a day (it weighs 29 days, the first and last with a ramp).
 //!
+//! A calendar SLO (`window: calendar_month | calendar_quarter`) has no period ratio; the long
+//! group accumulates `backstop:slo_events:calendar_to_date` and
+//! `backstop:slo_bad_events:calendar_to_date` instead (`calendar_rules`), and its budget
+//! reads `backstop:slo_error_ratio:calendar_to_date`. The events per second over 1h, 6h
+//! (raw) and 3d (from the 5m series) are recorded for `min_events`.
+//!
 //! # Alerts
 //! - `BackstopSLOBurnRatePage` / `BackstopSLOBurnRateTicket`: multi-window, multi-burn-rate
 //!   alerts from the Google SRE Workbook (page: 14.4x over 1h and 5m, or 6x over 6h and 30m;
-//!   ticket: 3x over 1d and 2h, or 1x over 3d and 6h), labelled `severity` and `slo`.
+//!   ticket: 3x over 1d and 2h, or 1x over 3d and 6h), labelled `severity` and `slo`. Each
+//!   condition also needs `min_events` events in its long window (unless 0), so a few
+//!   failures at night do not page a low-traffic SLO.
 //! - Operational ([`OPERATIONAL`]): a breaker open (or probing) longer than
 //!   `breaker_open_for`, any outcome_unknown request, a rejected reload, Redis errors or
 //!   fast-fails, retries refused by a retry budget for 10m, and a share of an upstream's
