@@ -3,8 +3,14 @@
 //! unit tests of the generated rules (tests/prometheus/calendar.test.yaml; the low-traffic
 //! cases are in tests/prometheus/alerts.test.yaml, run by tests/prometheus.rs).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backstop::slo::calendar::{Calendar, CalendarUnit};
+use support::{eventually, get, metrics, proxy, sample, Backend, Behaviour};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -87,4 +93,63 @@ fn a_zone_name_or_a_zone_on_a_rolling_window_is_refused_with_its_key_path() {
     assert!(err.contains("slos[1].time_zone"), "{err}");
     assert!(err.contains("applies to a calendar window only"), "{err}");
     assert!(err.contains("slos[2].window"), "{err}");
+}
+
+/// The length of the current month in +02:00, in seconds.
+fn this_month_in_plus_two() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let month = Calendar {
+        unit: CalendarUnit::Month,
+        utc_offset_seconds: 7200,
+    };
+    (month.period_end(now) - month.period_start(now)) as u64
+}
+
+/// A running proxy with a calendar_month SLO in +02:00: /admin/slos reports the current
+/// month's length as its window, counts this month's events, and the live budget gauge follows
+/// them (the reset at the month start is proved with a fake clock in src/slo/live.rs).
+#[tokio::test]
+async fn a_running_proxy_keeps_a_calendar_budget() {
+    let backend = Backend::start(Behaviour::Echo).await;
+    let app = proxy(&format!(
+        "upstreams:\n  pg: {{ endpoints: [{{ address: \"{}\" }}] }}\nroutes:\n  - {{ name: pay, upstream: pg }}\nslos:\n  - {{ name: pay-month, routes: [pay], objective: 99%, window: calendar_month, time_zone: \"+02:00\", sli: availability }}\n",
+        backend.addr
+    ))
+    .await;
+    let base = format!("http://{}", app.proxy_addr());
+    for _ in 0..3 {
+        assert_eq!(get(format!("{base}/a")).await.status, 200);
+    }
+    backend.set(Behaviour::Status(503));
+    assert_eq!(get(format!("{base}/a")).await.status, 503);
+    assert_eq!(backend.hits(), 4);
+
+    let before = this_month_in_plus_two();
+    let admin = get(format!("http://{}/admin/slos", app.admin_addr()))
+        .await
+        .json();
+    let after = this_month_in_plus_two();
+    let slo = &admin["slos"][0];
+    assert_eq!(slo["name"], "pay-month");
+    let window = slo["window_seconds"].as_u64().unwrap();
+    assert!(window == before || window == after, "{window}");
+    assert!([28, 29, 30, 31].map(|d| d * 86_400).contains(&window));
+    assert_eq!(
+        (slo["good"].as_u64(), slo["bad"].as_u64()),
+        (Some(3), Some(1))
+    );
+    // 1 bad in 4 = 25% errors against a 1% budget.
+    let expected = 1.0 - 0.25 / 0.01;
+    eventually(Duration::from_secs(10), || async {
+        let m = metrics(&app).await;
+        sample(
+            &m,
+            r#"backstop_slo_error_budget_remaining{slo="pay-month"}"#,
+        )
+        .is_some_and(|b| (b - expected).abs() < 1e-6)
+    })
+    .await;
 }
