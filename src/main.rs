@@ -118,6 +118,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: ReportFormat,
     },
+    /// SLO tools: the `slos:` section as OpenSLO v1 and back.
+    Slo {
+        #[command(subcommand)]
+        action: SloAction,
+    },
     /// Run simulated backends, the proxy and a load generator, all on loopback.
     ///
     /// The demo config is built in, so this works from any directory. --port-base N moves every
@@ -153,6 +158,24 @@ fn demo_help() -> String {
         "Port layout with --port-base N: {}.",
         backstop::demo::ports::describe_layout()
     )
+}
+
+#[derive(Subcommand)]
+enum SloAction {
+    /// Print the config's SLOs as OpenSLO v1 YAML (one `kind: SLO` document each).
+    Export {
+        #[command(flatten)]
+        file: ConfigFile,
+        /// The output format (OpenSLO v1 is the only one).
+        #[arg(long, required = true)]
+        openslo: bool,
+    },
+    /// Read an OpenSLO v1 file and print the backstop `slos:` section; exit 1, saying why,
+    /// when an SLO cannot be expressed in backstop.
+    Import {
+        /// OpenSLO YAML file (several documents allowed).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -199,6 +222,18 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_INVALID)
             }
         },
+        Command::Slo {
+            action: SloAction::Export { file, .. },
+        } => match load_config(&file.config) {
+            Some(c) => {
+                print!("{}", backstop::slo::openslo::export(&c));
+                ExitCode::SUCCESS
+            }
+            None => ExitCode::from(EXIT_INVALID),
+        },
+        Command::Slo {
+            action: SloAction::Import { file },
+        } => slo_import(&file),
         Command::Run {
             file: ConfigFile { config },
             log_format,
@@ -586,6 +621,27 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")
+}
+
+/// `backstop slo import FILE`.
+fn slo_import(path: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    match backstop::slo::openslo::import(&text) {
+        Ok(specs) => {
+            print!("{}", backstop::slo::openslo::render_slos(&specs));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: cannot import: {e}", path.display());
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
 }
 
 /// Loads the config or prints its problems; `Ok(None)` means invalid (already reported).

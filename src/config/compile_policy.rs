@@ -19,7 +19,8 @@ use crate::policy::outlier::OutlierConfig;
 use crate::policy::rate::{LimitKey, OnError, Rate, RateLimitConfig, Scope};
 use crate::policy::retry::{NonIdempotent, RetryOn, RetryPolicy};
 use crate::policy::Mode;
-use crate::slo::{Sli, SloConfig};
+use crate::slo::calendar::{parse_offset, Calendar, CalendarUnit};
+use crate::slo::{Sli, SloConfig, DEFAULT_MIN_EVENTS};
 
 const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_OPEN_FOR: Duration = Duration::from_secs(120);
@@ -699,12 +700,39 @@ pub(crate) fn slos(
                 issues.at(&format!("{path}.objective"), &s.objective, "100% leaves no error budget; use e.g. 99.99%".into());
             }
             let day = Duration::from_secs(24 * 3600);
-            let window = duration_or(issues, &format!("{path}.window"), s.window.as_ref(), day * 28, day * 90);
+            let unit = s.window.as_ref().and_then(|w| match w.value.trim() {
+                "calendar_month" => Some(CalendarUnit::Month),
+                "calendar_quarter" => Some(CalendarUnit::Quarter),
+                _ => None,
+            });
+            let window = match (unit, &s.window) {
+                (Some(unit), _) => unit.longest(),
+                (None, Some(w)) if w.value.trim().starts_with("calendar") => {
+                    let message = format!("unknown calendar window {:?}: expected calendar_month or calendar_quarter (or a rolling window such as 28d)", w.value);
+                    issues.unknown(&format!("{path}.window"), w, &w.value, message, &["calendar_month", "calendar_quarter"]);
+                    day * 28
+                }
+                (None, _) => duration_or(issues, &format!("{path}.window"), s.window.as_ref(), day * 28, day * 90),
+            };
             if window < Duration::from_secs(3600) {
                 if let Some(w) = &s.window {
                     issues.at(&format!("{path}.window"), w, "an slo window shorter than 1h is not a compliance period".into());
                 }
             }
+            let utc_offset_seconds = match &s.time_zone {
+                None => 0,
+                Some(tz) => {
+                    if unit.is_none() {
+                        issues.at(&format!("{path}.time_zone"), tz, "time_zone applies to a calendar window only (calendar_month or calendar_quarter)".into());
+                    }
+                    parse_offset(&tz.value).unwrap_or_else(|message| {
+                        issues.at(&format!("{path}.time_zone"), tz, message);
+                        0
+                    })
+                }
+            };
+            let calendar = unit.map(|unit| Calendar { unit, utc_offset_seconds });
+            let min_events = s.alerting.as_ref().and_then(|a| a.min_events.as_ref()).map_or(DEFAULT_MIN_EVENTS, |m| m.value);
             let sli = match &s.sli.value {
                 RawSli::Named(n) if n.trim() == "availability" => Sli::Availability { exclude_rate_limited: s.exclude_rate_limited.unwrap_or(false) },
                 RawSli::Named(other) => {
@@ -726,7 +754,7 @@ pub(crate) fn slos(
                     Sli::LatencyBelow(d)
                 }
             };
-            Some(SloConfig { name: s.name.value.clone(), routes: covered, objective: objective?, window, sli })
+            Some(SloConfig { name: s.name.value.clone(), routes: covered, objective: objective?, window, sli, calendar, min_events })
         })
         .collect()
 }

@@ -123,14 +123,31 @@ pub struct RawSlo {
     /// e.g. `99.9%`.
     #[schemars(with = "String")]
     pub objective: Text,
-    /// e.g. `28d`.
+    /// A rolling window, e.g. `28d`, or a calendar period: `calendar_month` or
+    /// `calendar_quarter`.
     #[schemars(with = "Option<String>")]
     pub window: Option<Text>,
+    /// Time zone of a calendar window, as a fixed UTC offset: `UTC` (default), `+02:00`,
+    /// `-05:00`.
+    #[schemars(with = "Option<String>")]
+    pub time_zone: Option<Text>,
+    /// Settings of this SLO's burn-rate alerts.
+    pub alerting: Option<RawSloAlerting>,
     /// `availability` or `{ latency_below: 300ms }`.
     #[schemars(with = "RawSli")]
     pub sli: Spanned<RawSli>,
     /// Do not count backstop's own 429s against availability.
     pub exclude_rate_limited: Option<bool>,
+}
+
+/// `slos[].alerting:`
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSloAlerting {
+    /// A burn-rate alert needs at least this many events in its long window (default 10; 0
+    /// turns the check off).
+    #[schemars(with = "Option<u64>")]
+    pub min_events: Option<Spanned<u64>>,
 }
 
 /// `slos_rules:` settings of the generated Prometheus rules.

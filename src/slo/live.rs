@@ -29,6 +29,23 @@ pub struct LiveSlo {
     ring: EventRing,
     budget: Gauge,
     burn: Vec<Gauge>,
+    /// (an instant, the Unix time in seconds then): calendar periods follow the wall clock.
+    anchor: (Instant, i64),
+}
+
+/// The span a budget covers when the wall clock reads `unix`: the rolling window, or the time
+/// since the calendar period started (whole minutes, the current one included; at least one).
+pub fn budget_span(config: &SloConfig, unix: i64) -> Duration {
+    match config.calendar {
+        None => config.window,
+        Some(c) => Duration::from_secs((unix - c.period_start(unix)).max(0) as u64 + 1),
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl LiveSlo {
@@ -37,10 +54,25 @@ impl LiveSlo {
         self.ring.record(good, now);
     }
 
+    /// Unix time (seconds) at `now`, from the wall clock read when this SLO started.
+    fn unix(&self, now: Instant) -> i64 {
+        self.anchor.1 + now.saturating_duration_since(self.anchor.0).as_secs() as i64
+    }
+
+    /// The span the budget covers at `now`: the rolling window, or the time since the
+    /// calendar period started.
+    fn budget_span(&self, now: Instant) -> Duration {
+        budget_span(&self.config, self.unix(now))
+    }
+
+    fn budget_remaining(&self, now: Instant) -> f64 {
+        let counts = self.ring.counts(self.budget_span(now), now);
+        1.0 - counts.error_ratio() / (1.0 - self.config.objective)
+    }
+
     fn refresh(&self, now: Instant) {
         let ring = &self.ring;
-        self.budget
-            .set(ring.budget_remaining(self.config.objective, now));
+        self.budget.set(self.budget_remaining(now));
         for (gauge, (_, span)) in self.burn.iter().zip(BURN_WINDOWS) {
             gauge.set(ring.burn_rate(self.config.objective, span, now));
         }
@@ -58,14 +90,21 @@ impl LiveSlo {
                 )
             })
             .collect();
-        let counts = ring.counts(self.config.window, now);
+        let counts = ring.counts(self.budget_span(now), now);
+        let window_seconds = match self.config.calendar {
+            Some(c) => {
+                let unix = self.unix(now);
+                (c.period_end(unix) - c.period_start(unix)).max(0) as u64
+            }
+            None => self.config.window.as_secs(),
+        };
         SloStatus {
             name: self.config.name.clone(),
             objective: self.config.objective,
-            window_seconds: self.config.window.as_secs(),
+            window_seconds,
             good: counts.good,
             bad: counts.bad,
-            error_budget_remaining: ring.budget_remaining(self.config.objective, now),
+            error_budget_remaining: self.budget_remaining(now),
             burn_rate,
         }
     }
@@ -92,6 +131,8 @@ pub struct SloStatus {
     /// Share of the error budget left; negative when overspent.
     pub error_budget_remaining: f64,
     /// Burn rate by window (`5m`, `30m`, `1h`, `6h`); 1 spends exactly the budget.
+    /// (For a calendar period, `window_seconds` is the current period's length, and `good`,
+    /// `bad` and the budget count from its start.)
     pub burn_rate: std::collections::BTreeMap<String, f64>,
 }
 
@@ -133,6 +174,7 @@ impl Slos {
                     ring: EventRing::new(c.window, &BURN_WINDOWS.map(|(_, span)| span), now),
                     budget,
                     burn,
+                    anchor: (now, unix_now()),
                 })
             })
             .collect();
@@ -192,5 +234,64 @@ impl Slos {
     /// Every SLO, for the admin API.
     pub fn all(&self) -> &[Arc<LiveSlo>] {
         &self.slos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slo::budget::EventRing;
+    use crate::slo::calendar::{Calendar, CalendarUnit};
+    use crate::slo::Sli;
+
+    fn config(calendar: Option<Calendar>) -> SloConfig {
+        SloConfig {
+            name: "pay".into(),
+            routes: vec![0],
+            objective: 0.99,
+            window: calendar.map_or(Duration::from_secs(28 * 86_400), |c| c.unit.longest()),
+            sli: Sli::Availability {
+                exclude_rate_limited: false,
+            },
+            calendar,
+            min_events: 10,
+        }
+    }
+
+    /// A calendar month in +02:00 starts at 22:00 UTC on the last day of the month before:
+    /// failures at 21:00 UTC on February 28th belong to February and leave the budget of
+    /// March (local) whole; the same failures seen by a rolling window stay counted.
+    #[test]
+    fn a_calendar_budget_starts_afresh_at_the_local_month_start() {
+        let month = Calendar {
+            unit: CalendarUnit::Month,
+            utc_offset_seconds: 7200,
+        };
+        let calendar = config(Some(month));
+        let rolling = config(None);
+        // 2026-02-28 21:00 UTC = 23:00 in +02:00, one hour before March starts there.
+        let feb_28_21h: i64 = 1_772_312_400;
+        let t0 = Instant::now();
+        let ring = EventRing::new(calendar.window, &[], t0);
+        for _ in 0..50 {
+            ring.record(false, t0);
+        }
+        let budget = |c: &SloConfig, after: Duration| {
+            let counts = ring.counts(
+                budget_span(c, feb_28_21h + after.as_secs() as i64),
+                t0 + after,
+            );
+            1.0 - counts.error_ratio() / (1.0 - c.objective)
+        };
+        // Still February (local) 30 minutes later: 100% bad, budget -99.
+        assert!((budget(&calendar, Duration::from_secs(1800)) + 99.0).abs() < 1e-9);
+        // 90 minutes later it is March 1st, 00:30 local: nothing counted yet, budget whole.
+        ring.record(true, t0 + Duration::from_secs(5400));
+        assert_eq!(budget(&calendar, Duration::from_secs(5400)), 1.0);
+        assert_eq!(
+            budget_span(&calendar, feb_28_21h + 5400),
+            Duration::from_secs(1801)
+        );
+        assert!(budget(&rolling, Duration::from_secs(5400)) < -90.0);
     }
 }

@@ -13,7 +13,9 @@
 //! and burn-rate gauges.
 
 pub mod budget;
+pub mod calendar;
 pub mod live;
+pub mod openslo;
 pub mod rules;
 
 use std::time::Duration;
@@ -41,11 +43,20 @@ pub struct SloConfig {
     pub routes: Vec<usize>,
     /// Target share of good events, e.g. 0.999.
     pub objective: f64,
-    /// Compliance period.
+    /// Compliance period: the rolling window, or for a calendar period the longest one (31 or
+    /// 92 days).
     pub window: Duration,
     /// What is good.
     pub sli: Sli,
+    /// A calendar period (`calendar_month`, `calendar_quarter`) instead of a rolling window.
+    pub calendar: Option<calendar::Calendar>,
+    /// A burn-rate alert needs at least this many events in its long window
+    /// (`alerting.min_events`), so that a few failures at night do not page.
+    pub min_events: u64,
 }
+
+/// Default of `alerting.min_events`.
+pub const DEFAULT_MIN_EVENTS: u64 = 10;
 
 /// Whether an answer is a good event for `sli`; `None` when it does not count at all.
 /// `reason` is why backstop answered itself, if it did: an enum, so that renaming a reason's

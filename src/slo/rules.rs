@@ -24,10 +24,18 @@
 //! long interval (8064 samples for 28d at 5m). The price: averaging the 1d moving average over
 //! the period blurs its edges by a day (it weighs 29 days, the first and last with a ramp).
 //!
+//! A calendar SLO (`window: calendar_month | calendar_quarter`) has no period ratio; the long
+//! group accumulates `backstop:slo_events:calendar_to_date` and
+//! `backstop:slo_bad_events:calendar_to_date` instead (`calendar_rules`), and its budget
+//! reads `backstop:slo_error_ratio:calendar_to_date`. The events per second over 1h, 6h
+//! (raw) and 3d (from the 5m series) are recorded for `min_events`.
+//!
 //! # Alerts
 //! - `BackstopSLOBurnRatePage` / `BackstopSLOBurnRateTicket`: multi-window, multi-burn-rate
 //!   alerts from the Google SRE Workbook (page: 14.4x over 1h and 5m, or 6x over 6h and 30m;
-//!   ticket: 3x over 1d and 2h, or 1x over 3d and 6h), labelled `severity` and `slo`.
+//!   ticket: 3x over 1d and 2h, or 1x over 3d and 6h), labelled `severity` and `slo`. Each
+//!   condition also needs `min_events` events in its long window (unless 0), so a few
+//!   failures at night do not page a low-traffic SLO.
 //! - Operational ([`OPERATIONAL`]): a breaker open (or probing) longer than
 //!   `breaker_open_for`, any outcome_unknown request, a rejected reload, Redis errors or
 //!   fast-fails, retries refused by a retry budget for 10m, and a share of an upstream's
@@ -40,6 +48,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use super::calendar::{Calendar, CalendarUnit};
 use super::SloConfig;
 
 /// Windows of the recording rules, besides the SLO period.
@@ -253,6 +262,14 @@ fn render_slo(out: &mut String, slo: &SloConfig, rules: &RulesConfig) {
             name,
         ));
     }
+    // Events per second over the long windows of the page conditions, for min_events.
+    for w in ["1h", "6h"] {
+        short.push(Rule::record(
+            format!("backstop:slo_events:rate{w}"),
+            format!("sum {by} (rate({all}[{w}]))"),
+            name,
+        ));
+    }
     write_group(
         out,
         &format!("backstop-slo-{name}-recordings"),
@@ -280,8 +297,19 @@ fn render_slo(out: &mut String, slo: &SloConfig, rules: &RulesConfig) {
             name,
         ),
         Rule::record(ratio_name("3d"), from_5m("3d"), name),
+        Rule::record(
+            "backstop:slo_events:rate3d".into(),
+            format!("avg_over_time(backstop:slo_events:rate5m{sel}[3d])"),
+            name,
+        ),
     ];
-    if !WINDOWS.contains(&period.as_str()) {
+    let period_ratio = if let Some(calendar) = &slo.calendar {
+        long.extend(calendar_rules(calendar, name, rules));
+        "backstop:slo_error_ratio:calendar_to_date".to_owned()
+    } else {
+        ratio_name(&period)
+    };
+    if slo.calendar.is_none() && !WINDOWS.contains(&period.as_str()) {
         let expr = if slo.window <= Duration::from_secs(3 * 86_400) {
             from_5m(&period)
         } else {
@@ -291,7 +319,7 @@ fn render_slo(out: &mut String, slo: &SloConfig, rules: &RulesConfig) {
     }
     long.push(Rule::record(
         "backstop:slo_error_budget_remaining:ratio".into(),
-        format!("1 - backstop:slo_error_ratio:rate{period}{sel} / {budget}"),
+        format!("1 - {period_ratio}{sel} / {budget}"),
         name,
     ));
     let interval = prom_duration(rules.long_window_interval);
@@ -313,8 +341,17 @@ fn render_slo(out: &mut String, slo: &SloConfig, rules: &RulesConfig) {
             .iter()
             .map(|(factor, long, short)| {
                 let threshold = ratio(factor * (1.0 - slo.objective));
+                let enough = if slo.min_events == 0 {
+                    String::new()
+                } else {
+                    let seconds = window_seconds(long);
+                    format!(
+                        " and backstop:slo_events:rate{long}{sel} * {seconds} >= {}",
+                        slo.min_events
+                    )
+                };
                 format!(
-                    "(backstop:slo_error_ratio:rate{long}{sel} > {threshold} and backstop:slo_error_ratio:rate{short}{sel} > {threshold})"
+                    "(backstop:slo_error_ratio:rate{long}{sel} > {threshold} and backstop:slo_error_ratio:rate{short}{sel} > {threshold}{enough})"
                 )
             })
             .collect();
@@ -322,8 +359,24 @@ fn render_slo(out: &mut String, slo: &SloConfig, rules: &RulesConfig) {
             .iter()
             .map(|(f, l, s)| format!("{f}x over {l} and {s}"))
             .collect();
+        let period_text = match &slo.calendar {
+            Some(c) => format!(
+                "per {} in UTC{}",
+                c.unit.name().replace('_', " "),
+                c.offset_text()
+            ),
+            None => format!("over {period}"),
+        };
+        let at_least = if slo.min_events == 0 {
+            String::new()
+        } else {
+            format!(
+                " (with at least {} events in the long window)",
+                slo.min_events
+            )
+        };
         let description = format!(
-            "The error budget of {name} ({objective}% over {period}) burns at {burns} or more: {{{{ $value | humanizePercentage }}}} of its events failed over the long window.",
+            "The error budget of {name} ({objective}% {period_text}) burns at {burns} or more{at_least}: {{{{ $value | humanizePercentage }}}} of its events failed over the long window.",
             objective = slo.objective * 100.0,
             burns = burns.join(", or "),
         );
@@ -342,6 +395,99 @@ fn render_slo(out: &mut String, slo: &SloConfig, rules: &RulesConfig) {
         });
     }
     write_group(out, &format!("backstop-slo-{name}-alerts"), None, &alerts);
+}
+
+/// Seconds in a window of [`WINDOWS`] (`1h` -> 3600).
+fn window_seconds(w: &str) -> u64 {
+    let (n, unit) = w.split_at(w.len() - 1);
+    let n: u64 = n.parse().unwrap_or(0);
+    n * match unit {
+        "m" => 60,
+        "h" => 3600,
+        _ => 86_400,
+    }
+}
+
+/// `time() + OFFSET` in PromQL, the local time as Unix seconds.
+fn local_time(offset: i32) -> String {
+    match offset {
+        0 => "time()".to_owned(),
+        o if o < 0 => format!("time() - {}", -i64::from(o)),
+        o => format!("time() + {o}"),
+    }
+}
+
+/// Seconds since the start of the current calendar period (a label-less vector), in PromQL.
+/// Month: the days before today plus the time of day, all in the fixed offset. Quarter: that,
+/// plus the length of the one or two months of the quarter before this one (`days_in_month`
+/// of an instant in each).
+pub(crate) fn into_period(calendar: &Calendar) -> String {
+    let t = local_time(calendar.utc_offset_seconds);
+    // `%` keeps the dividend's sign: (x % d + d) % d is the time of day before 1970 too.
+    let month =
+        format!("((day_of_month(vector({t})) - 1) * 86400 + (({t}) % 86400 + 86400) % 86400)");
+    match calendar.unit {
+        CalendarUnit::Month => month,
+        CalendarUnit::Quarter => {
+            let prev1 = format!("days_in_month(vector({t} - scalar({month}) - 1))");
+            let prev2 = format!(
+                "days_in_month(vector({t} - scalar({month}) - 86400 * scalar({prev1}) - 1))"
+            );
+            let pos = format!("((month(vector({t})) - 1) % 3)");
+            format!("({month}\n  + ({pos} >= bool 1) * 86400 * {prev1}\n  + ({pos} >= bool 2) * 86400 * {prev2})")
+        }
+    }
+}
+
+/// The recording rules of a calendar period, in the long group: events and bad events since
+/// the period started, accumulated by adding each evaluation's `increase()` over the group's
+/// interval to the previous total while that total belongs to the same period (its recorded start matches);
+/// the start of the period; and the error ratio to date.
+fn calendar_rules(calendar: &Calendar, name: &str, rules: &RulesConfig) -> Vec<Rule> {
+    let sel = format!("{{slo=\"{name}\"}}");
+    let by = rules.by(&["slo"]);
+    let all = format!("backstop_slo_events_total{{slo=\"{name}\"}}");
+    let bad = format!("backstop_slo_events_total{{slo=\"{name}\",result=\"bad\"}}");
+    // Events in the last interval: the windows of successive evaluations tile the time line.
+    let i = prom_duration(rules.long_window_interval);
+    let increase_all = format!("sum {by} (increase({all}[{i}]))");
+    let increase_bad =
+        format!("(sum {by} (increase({bad}[{i}])) or 0 * sum {by} (increase({all}[{i}])))");
+    let lookback = prom_duration(calendar.unit.longest() + Duration::from_secs(86_400));
+    let start = format!("scalar(round(vector(time()) - {}))", into_period(calendar));
+    let starts = "backstop:slo_calendar:period_start_seconds";
+    // A new period (or the first evaluation): only the share of the interval after the start
+    // counts, assuming events spread evenly over the interval.
+    let first_share = format!(
+        "scalar(clamp_max({} / {}, 1))",
+        into_period(calendar),
+        rules.long_window_interval.as_secs().max(1)
+    );
+    let to_date = |series: &str, this: &str| {
+        format!("{this}\n+ (\n  last_over_time({series}{sel}[{lookback}])\n  and\n  last_over_time({starts}{sel}[{lookback}]) == {start}\n)\nor\n{this} * {first_share}")
+    };
+    vec![
+        Rule::record(
+            "backstop:slo_events:calendar_to_date".into(),
+            to_date("backstop:slo_events:calendar_to_date", &increase_all),
+            name,
+        ),
+        Rule::record(
+            "backstop:slo_bad_events:calendar_to_date".into(),
+            to_date("backstop:slo_bad_events:calendar_to_date", &increase_bad),
+            name,
+        ),
+        Rule::record(
+            starts.into(),
+            format!("0 * backstop:slo_events:calendar_to_date{sel} + {start}"),
+            name,
+        ),
+        Rule::record(
+            "backstop:slo_error_ratio:calendar_to_date".into(),
+            format!("backstop:slo_bad_events:calendar_to_date{sel}\n/\nbackstop:slo_events:calendar_to_date{sel}"),
+            name,
+        ),
+    ]
 }
 
 /// `sum by (...) (increase(METRIC[5m])) > 0`, or the series that appeared with a value in the
@@ -444,6 +590,8 @@ mod tests {
             sli: Sli::Availability {
                 exclude_rate_limited: false,
             },
+            calendar: None,
+            min_events: crate::slo::DEFAULT_MIN_EVENTS,
         }
     }
 
