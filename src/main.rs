@@ -59,8 +59,9 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
-        /// How connections are spread over the worker threads.
-        #[arg(long, value_enum, default_value = "work-stealing")]
+        /// How connections are spread over the worker threads (per-core measured faster:
+        /// bench/README.md).
+        #[arg(long, value_enum, default_value = "per-core")]
         worker_model: WorkerModel,
     },
     /// Check a config file and print every problem, then the lint warnings.

@@ -157,8 +157,14 @@ pub async fn serve(
         while connections.join_next().await.is_some() {}
     })
     .await;
+    // Only a loop whose drain timed out cut anything; the in-flight count is the listener's
+    // (all loops), so a loop that drained its own connections in time reports none.
     let report = DrainReport {
-        cut: shared.load.in_flight.load(Ordering::Relaxed),
+        cut: if drained.is_err() {
+            shared.load.in_flight.load(Ordering::Relaxed)
+        } else {
+            0
+        },
     };
     if drained.is_err() {
         tracing::warn!(drain_timeout = ?drain, cut = report.cut, open_connections = connections.len(), "drain timeout reached; cutting the requests still in flight");
