@@ -354,7 +354,17 @@ fn routes(h: &mut String, snapshot: &Snapshot, sampler: &Sampler, counts: &Count
                     ),
                     cell(name, "refused", &refused),
                     cell(name, "failed", &failed),
-                    cell(name, "retries", &s.retries.to_string()),
+                    cell(
+                        name,
+                        "retries",
+                        &match &live.burn {
+                            Some(g) if g.is_burning() => format!(
+                                r#"{}<div class="reason burning">cut: SLO burning (when_burning)</div>"#,
+                                s.retries
+                            ),
+                            _ => s.retries.to_string(),
+                        },
+                    ),
                     cell(name, "failovers", &s.failovers.to_string()),
                     cell(name, "outcome_unknown", &s.outcome_unknown.to_string()),
                     cell(name, "p99", &p99.map_or("—".into(), ms)),

@@ -17,7 +17,7 @@ use crate::policy::breaker::{BreakerConfig, RateCondition};
 use crate::policy::classify::FailureSet;
 use crate::policy::outlier::OutlierConfig;
 use crate::policy::rate::{LimitKey, OnError, Rate, RateLimitConfig, Scope};
-use crate::policy::retry::{NonIdempotent, RetryOn, RetryPolicy};
+use crate::policy::retry::{NonIdempotent, RetryOn, RetryPolicy, WhenBurning};
 use crate::policy::Mode;
 use crate::slo::calendar::{parse_offset, Calendar, CalendarUnit};
 use crate::slo::{Sli, SloConfig, DEFAULT_MIN_EVENTS};
@@ -375,6 +375,53 @@ pub(crate) fn retry(
         Some(m) => m.value as usize,
         None => 65536,
     };
+    let when_burning = r.when_burning.as_ref().map(|w| {
+        let burn_rate = match &w.burn_rate {
+            Some(b) if !(b.value > 0.0 && b.value <= 1000.0) => {
+                issues.at(
+                    &format!("{path}.when_burning.burn_rate"),
+                    b,
+                    "must be above 0 and at most 1000".into(),
+                );
+                14.4
+            }
+            Some(b) => b.value,
+            None => 14.4,
+        };
+        let windows = crate::slo::live::BURN_WINDOWS;
+        let window = match &w.window {
+            None => windows[0].1,
+            Some(t) => match windows.iter().find(|(name, _)| *name == t.value.trim()) {
+                Some((_, span)) => *span,
+                None => {
+                    let names: Vec<&str> = windows.iter().map(|(n, _)| *n).collect();
+                    let message = format!(
+                        "window {:?} is not a burn-rate window: use {}",
+                        t.value,
+                        names.join(", ")
+                    );
+                    issues.unknown(
+                        &format!("{path}.when_burning.window"),
+                        t,
+                        &t.value,
+                        message,
+                        &names,
+                    );
+                    windows[0].1
+                }
+            },
+        };
+        let budget_ratio = w
+            .budget_ratio
+            .as_ref()
+            .and_then(|r| percent_or_zero(issues, &format!("{path}.when_burning.budget_ratio"), r))
+            .unwrap_or(0.0);
+        WhenBurning {
+            burn_rate,
+            window,
+            budget_ratio,
+        }
+    });
     Some(RetryPolicy {
         attempts,
         per_try_timeout,
@@ -386,6 +433,7 @@ pub(crate) fn retry(
         non_idempotent,
         idempotency_header,
         max_buffered_body,
+        when_burning,
     })
 }
 

@@ -571,6 +571,8 @@ pub struct RawRetry {
     pub backoff: Option<RawBackoff>,
     /// Retry budget.
     pub budget: Option<RawBudget>,
+    /// A smaller retry budget while the route's SLOs burn fast.
+    pub when_burning: Option<RawWhenBurning>,
     /// unsent-only | idempotency-key | never.
     #[schemars(with = "Option<String>")]
     pub non_idempotent: Option<Text>,
@@ -592,6 +594,21 @@ pub struct RawBackoff {
     /// Largest back-off.
     #[schemars(with = "Option<String>")]
     pub max: Option<Text>,
+}
+
+/// `when_burning:`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhenBurning {
+    /// Burn rate above which retries are cut (default 14.4).
+    #[schemars(with = "Option<f64>")]
+    pub burn_rate: Option<Spanned<f64>>,
+    /// Window of the burn rate: 5m (default), 30m, 1h or 6h.
+    #[schemars(with = "Option<String>")]
+    pub window: Option<Text>,
+    /// Retry budget ratio while burning (default 0%).
+    #[schemars(with = "Option<String>")]
+    pub budget_ratio: Option<Text>,
 }
 
 /// `budget:`

@@ -113,6 +113,8 @@ struct Families {
     adaptive_in_flight: IntGaugeVec,
     adaptive_rejections: IntCounterVec,
     refused: IntCounterVec,
+    retry_burning: IntGaugeVec,
+    retry_burn_switches: IntCounterVec,
     retries: IntCounterVec,
     budget_exhausted: IntCounterVec,
     outcome_unknown: IntCounterVec,
@@ -214,6 +216,8 @@ impl Metrics {
             overload_rejected: counters(r, names::OVERLOAD_REJECTED_TOTAL, "Requests rejected by max_concurrent_requests.", &["upstream"]),
             adaptive_limit: gauges(r, names::ADAPTIVE_LIMIT, "The adaptive concurrency limit of the upstream.", &["upstream"]),
             adaptive_in_flight: gauges(r, names::ADAPTIVE_IN_FLIGHT, "Requests in flight under the adaptive concurrency limit.", &["upstream"]),
+            retry_burning: gauges(r, names::RETRY_BURNING, "1 while the route's retries are cut because its SLOs burn fast (retry.when_burning).", &["route"]),
+            retry_burn_switches: counters(r, names::RETRY_BURN_SWITCHES_TOTAL, "Switches of retry.when_burning, by the state switched to (burning, normal).", &["route", "to"]),
             refused: counters(r, names::REFUSED_TOTAL, "Requests backstop refused itself, by route and reason (circuit_open, circuit_half_open, upstream_overloaded, adaptive_concurrency_limited, rate_limited).", &["route", "reason"]),
             adaptive_rejections: counters(r, names::ADAPTIVE_REJECTIONS_TOTAL, "Requests rejected (enforce) or that would have been rejected (shadow) by the adaptive concurrency limit.", &["upstream", "mode"]),
             retries: counters(r, names::RETRIES_TOTAL, "Retries by route and triggering condition.", &["route", "reason"]),
@@ -506,6 +510,22 @@ impl Metrics {
     pub fn duration_handle(&self, route: &str, upstream: &str) -> prometheus::Histogram {
         let family = self.0.duration.lock().unwrap_or_else(|e| e.into_inner());
         family.1.with_label_values(&[route, upstream])
+    }
+
+    /// The burning gauge and the two switch counters (to burning, to normal) of a route.
+    pub fn retry_burning(
+        &self,
+        route: &str,
+    ) -> (IntGauge, prometheus::IntCounter, prometheus::IntCounter) {
+        (
+            self.0.retry_burning.with_label_values(&[route]),
+            self.0
+                .retry_burn_switches
+                .with_label_values(&[route, "burning"]),
+            self.0
+                .retry_burn_switches
+                .with_label_values(&[route, "normal"]),
+        )
     }
 
     /// The counter of requests of `route` backstop refused for `reason`.

@@ -47,6 +47,10 @@ pub const ADAPTIVE_REJECTIONS_TOTAL: &str = "backstop_adaptive_concurrency_rejec
 /// reason: an upstream's own breaker and limits are counted per upstream elsewhere; this says
 /// which route's requests they were.
 pub const REFUSED_TOTAL: &str = "backstop_refused_total";
+/// 1 while a route's retries are cut because its SLOs burn fast (`retry.when_burning`).
+pub const RETRY_BURNING: &str = "backstop_retry_burning";
+/// Switches of `retry.when_burning`, by route and the state switched to.
+pub const RETRY_BURN_SWITCHES_TOTAL: &str = "backstop_retry_burn_switches_total";
 /// Retries by route and the condition that triggered them.
 pub const RETRIES_TOTAL: &str = "backstop_retries_total";
 /// Retries refused by the route's retry budget.

@@ -129,6 +129,21 @@ pub struct RetryPolicy {
     pub idempotency_header: HeaderName,
     /// Request bodies up to this size are kept for replay.
     pub max_buffered_body: usize,
+    /// A smaller retry budget while the route's SLOs burn fast.
+    pub when_burning: Option<WhenBurning>,
+}
+
+/// `retry.when_burning`: while any SLO of the route burns its error budget faster than
+/// `burn_rate` over `window`, retries draw from a budget of `budget_ratio` (with no per-second
+/// floor), so retries do not amplify an outage the SLO already counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WhenBurning {
+    /// The burn rate above which retries are cut (14.4: the page-alert rate).
+    pub burn_rate: f64,
+    /// The window it is measured over: one of 5m, 30m, 1h, 6h.
+    pub window: Duration,
+    /// The retry budget ratio meanwhile (0: no retries).
+    pub budget_ratio: f64,
 }
 
 /// How safe a request is to send twice.
@@ -243,6 +258,7 @@ mod tests {
             attempts: 3,
             per_try_timeout: None,
             on: RetryOn::parse(["connect-failure", "reset", "timeout", "502", "503"]).unwrap(),
+            when_burning: None,
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_secs(1),
             budget_ratio: 0.2,

@@ -32,6 +32,8 @@ pub struct LiveRoute {
     pub limiter: Option<Arc<RouteLimiter>>,
     /// Retry budget (`None` without a retry policy).
     pub budget: Option<Arc<RetryBudget>>,
+    /// The smaller budget while the route's SLOs burn fast (`retry.when_burning`).
+    pub burn: Option<super::burn_guard::BurnGuard>,
     /// Idempotency key records (`None` without `idempotency:`).
     pub idempotency: Option<Arc<Store>>,
 }
@@ -114,6 +116,11 @@ impl LiveRoute {
             breaker,
             limiter,
             budget,
+            burn: config
+                .retry
+                .as_ref()
+                .and_then(|p| p.when_burning)
+                .map(|rule| super::burn_guard::BurnGuard::new(rule, &config.name, cx.metrics)),
             idempotency,
         }
     }

@@ -10,6 +10,7 @@
 //! breaker's config is equal; route breakers, rate-limit buckets, retry budgets and SLO budgets
 //! likewise. So a reload never forgets that a partner's breaker is open.
 
+pub mod burn_guard;
 pub mod live_route;
 pub mod reload;
 

@@ -231,6 +231,20 @@ impl Slos {
         }
     }
 
+    /// The highest burn rate over `span` among the SLOs covering `route`; `None` when no SLO
+    /// covers it. Reads the rings' running totals (a short lock): for decisions off the hot
+    /// path, such as whether a retry may draw from the full budget.
+    pub fn route_burn_rate(&self, route: usize, span: Duration, now: Instant) -> Option<f64> {
+        self.by_route
+            .get(route)?
+            .iter()
+            .map(|&i| {
+                let slo = &self.slos[i];
+                slo.ring.burn_rate(slo.config.objective, span, now)
+            })
+            .reduce(f64::max)
+    }
+
     /// Every SLO, for the admin API.
     pub fn all(&self) -> &[Arc<LiveSlo>] {
         &self.slos

@@ -132,6 +132,9 @@ async fn attempts(
     if let Some(budget) = &live.budget {
         budget.deposit(ex.started);
     }
+    if let Some(guard) = &live.burn {
+        guard.budget.deposit(ex.started);
+    }
 
     // Stage 3, the deadline: every attempt and back-off fits in the route's timeout.
     let deadline = ex.deadline();

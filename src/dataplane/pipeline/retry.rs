@@ -48,10 +48,23 @@ pub async fn decide(
     if !can_replay {
         return Err(Some("not_retried_body_too_large"));
     }
-    let budget = route.budget.as_ref().ok_or(None)?;
-    if !budget.withdraw(Instant::now()) {
-        ex.snapshot.metrics.budget_exhausted(&route.config.name);
-        return Err(Some("retry_budget_exhausted"));
+    let now = Instant::now();
+    let index = ex.outcome.route.unwrap_or_default();
+    let burning = route
+        .burn
+        .as_ref()
+        .filter(|g| g.check(&ex.snapshot.slos, index, now));
+    if let Some(guard) = burning {
+        // The SLO burns fast: retries draw from the smaller `when_burning` budget.
+        if !guard.budget.withdraw(now) {
+            return Err(Some("retry_cut_slo_burning"));
+        }
+    } else {
+        let budget = route.budget.as_ref().ok_or(None)?;
+        if !budget.withdraw(now) {
+            ex.snapshot.metrics.budget_exhausted(&route.config.name);
+            return Err(Some("retry_budget_exhausted"));
+        }
     }
     let hint = response.and_then(retry_after);
     let backoff = retry::backoff(policy, attempt, hint, rand::random());
