@@ -6,7 +6,15 @@ mod support;
 
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use support::{eventually, get, metrics, proxy, sample, Backend, Behaviour};
+
+/// How many times the backend saw one request.
+async fn deliveries_of_one_request(url: String, backend: Backend) -> usize {
+    let before = backend.hits();
+    get(url).await;
+    backend.hits() - before
+}
 
 #[tokio::test]
 async fn retries_stop_while_the_slo_burns_and_resume_after() {
@@ -26,13 +34,7 @@ async fn retries_stop_while_the_slo_burns_and_resume_after() {
     // Every request fails: once the burn rate is read again (at most a second later), a
     // failure is answered without a retry: one delivery per request.
     eventually(Duration::from_secs(5), || {
-        let url = url.clone();
-        let backend = backend.clone();
-        async move {
-            let before = backend.hits();
-            get(url).await;
-            backend.hits() - before == 1
-        }
+        deliveries_of_one_request(url.clone(), backend.clone()).map(|n| n == 1)
     })
     .await;
     let text = metrics(&app).await;
@@ -64,13 +66,7 @@ async fn retries_stop_while_the_slo_burns_and_resume_after() {
     }
     backend.set(Behaviour::Status(503));
     eventually(Duration::from_secs(5), || {
-        let url = url.clone();
-        let backend = backend.clone();
-        async move {
-            let before = backend.hits();
-            get(url).await;
-            backend.hits() - before == 2
-        }
+        deliveries_of_one_request(url.clone(), backend.clone()).map(|n| n == 2)
     })
     .await;
     let text = metrics(&app).await;
