@@ -85,7 +85,9 @@ routes:
       on: [connect-failure, reset, 503]
       backoff: {{ base: 25ms, max: 1s }}
       budget: {{ ratio: 20%, min_per_second: 5 }}
+      when_burning: {{ burn_rate: 6, window: 30m, budget_ratio: 5% }}
       non_idempotent: idempotency-key
+    idempotency: {{ store: local, ttl: 1h }}
     rate_limit:
       mode: shadow
       rate: 6000/m
@@ -208,6 +210,10 @@ async fn every_admin_view_is_typed_json_matching_its_schema() {
     assert!(!body.contains("key-abc-123"), "secret header shown: {body}");
     assert_eq!(config["redis"]["on_error"], "deny");
     assert_eq!(config["redis"]["timeout_ms"], 50);
+    let partner = &config["routes"][0];
+    assert_eq!(partner["retry"]["when_burning"]["window_ms"], 1_800_000);
+    assert_eq!(partner["idempotency"]["store"], "local");
+    assert_eq!(partner["idempotency"]["ttl_ms"], 3_600_000);
     let pg = &config["upstreams"][0];
     assert_eq!(pg["name"], "pg");
     assert_eq!(pg["load_balancing"], "round_robin");

@@ -483,6 +483,8 @@ pub struct RouteView {
     pub circuit_breaker: Option<BreakerView>,
     /// The connection upgrade it tunnels; `null` refuses upgrades.
     pub upgrade: Option<UpgradeView>,
+    /// The idempotency layer; `null` when not configured.
+    pub idempotency: Option<IdempotencyView>,
 }
 
 /// `match:` of a route.
@@ -528,6 +530,40 @@ pub struct RetryView {
     pub idempotency_header: String,
     /// Request bodies up to this many bytes are kept for replay.
     pub max_buffered_body: u64,
+    /// The smaller budget while the route's SLOs burn fast; `null` when not configured.
+    pub when_burning: Option<WhenBurningView>,
+}
+
+/// `retry.when_burning`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct WhenBurningView {
+    /// Burn rate above which retries are cut.
+    pub burn_rate: f64,
+    /// Its window.
+    pub window_ms: u64,
+    /// Retry budget ratio meanwhile, 0 to 1.
+    pub budget_ratio: f64,
+}
+
+/// `routes[].idempotency`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IdempotencyView {
+    /// Header carrying the key.
+    pub header: String,
+    /// `local` or `redis`.
+    pub store: String,
+    /// How long a completed response is kept.
+    pub ttl_ms: u64,
+    /// Largest response stored for replay, in bytes.
+    pub max_response_bytes: u64,
+    /// Largest request body fingerprinted, in bytes.
+    pub max_request_bytes: u64,
+    /// What the fingerprint covers: `method`, `path`, `body`.
+    pub fingerprint: Vec<String>,
+    /// `forward` or `refuse` when the store fails.
+    pub on_error: String,
+    /// Most keys kept (local store).
+    pub max_keys: u64,
 }
 
 /// `retry.backoff`.
@@ -594,6 +630,11 @@ impl From<&RetryPolicy> for RetryView {
             },
             idempotency_header: p.idempotency_header.to_string(),
             max_buffered_body: p.max_buffered_body as u64,
+            when_burning: p.when_burning.map(|w| WhenBurningView {
+                burn_rate: w.burn_rate,
+                window_ms: ms(w.window),
+                budget_ratio: w.budget_ratio,
+            }),
         }
     }
 }
@@ -708,6 +749,33 @@ fn route_view(config: &Config, r: &Route) -> RouteView {
         circuit_breaker: r.circuit_breaker.as_ref().map(BreakerView::from),
         upgrade: r.upgrade.map(|u| match u {
             Upgrade::Websocket => UpgradeView::Websocket,
+        }),
+        idempotency: r.idempotency.as_ref().map(|i| IdempotencyView {
+            header: i.header.to_string(),
+            store: match i.store {
+                crate::config::IdempotencyStore::Local => "local",
+                crate::config::IdempotencyStore::Redis => "redis",
+            }
+            .to_owned(),
+            ttl_ms: ms(i.ttl),
+            max_response_bytes: i.max_response_bytes as u64,
+            max_request_bytes: i.max_request_bytes as u64,
+            fingerprint: [
+                (i.fingerprint.method, "method"),
+                (i.fingerprint.path, "path"),
+                (i.fingerprint.body, "body"),
+            ]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_owned())
+            .collect(),
+            on_error: if i.forward_on_error {
+                "forward"
+            } else {
+                "refuse"
+            }
+            .to_owned(),
+            max_keys: i.max_keys as u64,
         }),
     }
 }
