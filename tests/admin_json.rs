@@ -44,6 +44,7 @@ upstreams:
     load_balancing: round_robin
     max_concurrent_requests: 50
     adaptive_concurrency: {{ algorithm: aimd, max_limit: 100, mode: shadow }}
+    quota: {{ mode: reject }}
     host_header: api.pg.example
     circuit_breaker:
       mode: shadow
@@ -215,6 +216,7 @@ async fn every_admin_view_is_typed_json_matching_its_schema() {
     assert_eq!(partner["idempotency"]["store"], "local");
     assert_eq!(partner["idempotency"]["ttl_ms"], 3_600_000);
     let pg = &config["upstreams"][0];
+    assert_eq!(pg["quota"]["mode"], "reject");
     assert_eq!(pg["name"], "pg");
     assert_eq!(pg["load_balancing"], "round_robin");
     assert_eq!(pg["host_header"], "api.pg.example");

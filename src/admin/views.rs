@@ -163,6 +163,8 @@ pub struct UpstreamConfigView {
     pub max_concurrent_requests: Option<u32>,
     /// Adaptive concurrency; `null` when not configured.
     pub adaptive_concurrency: Option<AdaptiveView>,
+    /// Pacing to the partner's quota; `null` when not configured.
+    pub quota: Option<QuotaView>,
     /// Upstream-level circuit breaker.
     pub circuit_breaker: Option<BreakerView>,
     /// Passive per-endpoint ejection.
@@ -179,6 +181,15 @@ pub enum ProtocolView {
     Http1,
     /// HTTP/2.
     Http2,
+}
+
+/// `quota:` as configured.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct QuotaView {
+    /// `queue` or `reject`.
+    pub mode: String,
+    /// Longest wait in queue mode.
+    pub max_wait_ms: u64,
 }
 
 /// `adaptive_concurrency:` as configured.
@@ -430,6 +441,10 @@ impl From<&Upstream> for UpstreamConfigView {
             load_balancing: u.load_balancing.into(),
             max_concurrent_requests: u.max_concurrent_requests,
             adaptive_concurrency: u.adaptive_concurrency.as_ref().map(AdaptiveView::from),
+            quota: u.quota.map(|q| QuotaView {
+                mode: if q.queue { "queue" } else { "reject" }.to_owned(),
+                max_wait_ms: ms(q.max_wait),
+            }),
             circuit_breaker: u.circuit_breaker.as_ref().map(BreakerView::from),
             outlier_detection: u.outlier_detection.as_ref().map(OutlierView::from),
             health_check: u.health_check.as_ref().map(|h| HealthCheckView {

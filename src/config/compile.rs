@@ -299,6 +299,32 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
         idempotency_key: raw.idempotency_key.as_ref().map(|k| {
             super::compile_idempotency::generated_key(issues, &format!("{path}.idempotency_key"), k)
         }),
+        quota: raw.quota.as_ref().map(|q| {
+            let path = format!("{path}.quota");
+            let queue = match q.value.mode.as_ref().map(|m| (m, m.value.trim())) {
+                None | Some((_, "queue")) => true,
+                Some((_, "reject")) => false,
+                Some((m, other)) => {
+                    let message = format!("unknown mode {other:?}: expected queue or reject");
+                    issues.unknown(
+                        &format!("{path}.mode"),
+                        m,
+                        other,
+                        message,
+                        &["queue", "reject"],
+                    );
+                    true
+                }
+            };
+            let max_wait = super::validate::duration_or(
+                issues,
+                &format!("{path}.max_wait"),
+                q.value.max_wait.as_ref(),
+                std::time::Duration::from_millis(200),
+                std::time::Duration::from_secs(60),
+            );
+            super::model::QuotaConfig { queue, max_wait }
+        }),
     }
 }
 

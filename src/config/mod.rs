@@ -28,8 +28,8 @@ pub use error::{ConfigError, ConfigIssue, Position};
 pub use lint::{lint, Finding, RULES as LINT_RULES};
 pub use model::{
     AccessLog, Cidr, Config, Endpoint, FingerprintParts, GeneratedKey, HealthCheck, HostMatch,
-    Idempotency, IdempotencyStore, LoadBalancing, RedisConfig, Route, ServerLimits, Tls, Upgrade,
-    Upstream, UpstreamProtocol,
+    Idempotency, IdempotencyStore, LoadBalancing, QuotaConfig, RedisConfig, Route, ServerLimits,
+    Tls, Upgrade, Upstream, UpstreamProtocol,
 };
 pub use redact::redact_url;
 

@@ -207,6 +207,17 @@ pub struct Upstream {
     pub honours_idempotency_key: bool,
     /// Keys backstop adds to non-idempotent requests that lack one (`idempotency_key`).
     pub idempotency_key: Option<GeneratedKey>,
+    /// Pacing to the partner's quota (`quota`).
+    pub quota: Option<QuotaConfig>,
+}
+
+/// `upstreams.<name>.quota`: stop sending while the partner says its quota is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// Wait (up to `max_wait`) rather than answer 429 at once.
+    pub queue: bool,
+    /// Longest wait in queue mode.
+    pub max_wait: Duration,
 }
 
 /// `upstreams.<name>.idempotency_key`: the header backstop fills with a fresh key.

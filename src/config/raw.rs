@@ -296,6 +296,9 @@ pub struct RawUpstream {
     /// Idempotency keys backstop adds to non-idempotent requests that lack one.
     #[schemars(with = "Option<RawIdempotencyKey>")]
     pub idempotency_key: Option<Spanned<RawIdempotencyKey>>,
+    /// Pacing to the partner's own quota, learned from its answers.
+    #[schemars(with = "Option<RawQuota>")]
+    pub quota: Option<Spanned<RawQuota>>,
 }
 
 /// `idempotency_key:` on an upstream.
@@ -422,6 +425,19 @@ pub struct RawSlowCall {
     /// Fewest calls before the rate counts (default: failure_rate's, else 20).
     #[schemars(with = "Option<u32>")]
     pub min_requests: Option<Spanned<u32>>,
+}
+
+/// `quota:`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    /// `queue` (default): wait up to `max_wait` for the partner's quota to come back;
+    /// `reject`: answer 429 at once while it is spent.
+    #[schemars(with = "Option<String>")]
+    pub mode: Option<Text>,
+    /// Longest wait in `queue` mode (default 200ms).
+    #[schemars(with = "Option<String>")]
+    pub max_wait: Option<Text>,
 }
 
 /// `adaptive_concurrency:`

@@ -22,6 +22,7 @@ pub mod load;
 pub mod path;
 pub mod pipeline;
 pub mod pool;
+pub mod quota;
 pub mod ratelimit;
 pub mod replay;
 pub mod request_body;

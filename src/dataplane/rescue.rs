@@ -58,6 +58,13 @@ pub enum ProxyError {
     /// is at capacity.
     #[error("the upstream is at the concurrency its latency allows; try again shortly")]
     AdaptiveConcurrencyLimited,
+    /// The upstream said its own quota is spent (Retry-After, RateLimit, X-RateLimit-*):
+    /// backstop does not send until it is back.
+    #[error("the partner's quota is spent; see Retry-After")]
+    UpstreamQuotaExhausted {
+        /// Until the partner's quota is back.
+        retry_after: std::time::Duration,
+    },
     /// The route's rate limit is exhausted for this key.
     #[error("rate limit exceeded; see the RateLimit and Retry-After headers")]
     RateLimited {
@@ -131,6 +138,7 @@ impl ProxyError {
                 | ProxyError::Overloaded
                 | ProxyError::AdaptiveConcurrencyLimited
                 | ProxyError::RateLimited { .. }
+                | ProxyError::UpstreamQuotaExhausted { .. }
         )
     }
 
@@ -146,6 +154,7 @@ impl ProxyError {
             ProxyError::CircuitHalfOpen { .. } => "circuit_half_open",
             ProxyError::Overloaded => "upstream_overloaded",
             ProxyError::AdaptiveConcurrencyLimited => "adaptive_concurrency_limited",
+            ProxyError::UpstreamQuotaExhausted { .. } => "upstream_quota_exhausted",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::RateLimitKeyMissing => "rate_limit_key_missing",
             ProxyError::TooManyStreams => "too_many_streams",
@@ -191,7 +200,9 @@ impl ProxyError {
             }
             ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::TooManyStreams => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RateLimited { .. } | ProxyError::UpstreamQuotaExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::CircuitOpen { .. }
             | ProxyError::CircuitHalfOpen { .. }
             | ProxyError::Overloaded
@@ -221,7 +232,8 @@ impl ProxyError {
         if let ProxyError::CircuitOpen { retry_after }
         | ProxyError::CircuitHalfOpen { retry_after }
         | ProxyError::RateLimited { retry_after }
-        | ProxyError::IdempotencyInProgress { retry_after } = self
+        | ProxyError::IdempotencyInProgress { retry_after }
+        | ProxyError::UpstreamQuotaExhausted { retry_after } = self
         {
             // Whole seconds, rounded up, at least 1: "0" would invite an immediate retry.
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

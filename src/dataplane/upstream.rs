@@ -68,6 +68,8 @@ pub struct LiveUpstream {
     pub bulkhead: Arc<Bulkhead>,
     /// Adaptive concurrency limit.
     pub adaptive: Option<Arc<AdaptiveCell>>,
+    /// The partner's quota as it says it (`quota`).
+    pub quota: Option<Arc<super::quota::QuotaCell>>,
 }
 
 impl LiveUpstream {
@@ -150,6 +152,13 @@ impl LiveUpstream {
             }),
             bulkhead: Bulkhead::new(&config.name, config.max_concurrent_requests, metrics),
             // The learned limit survives a reload that leaves its config as it was.
+            // What the partner said about its quota survives a reload that keeps the config.
+            quota: config.quota.map(|wanted| {
+                let before = previous.and_then(|p| p.quota.as_ref());
+                crate::runtime::live_route::kept(before, |q| q.config() == wanted).unwrap_or_else(
+                    || Arc::new(super::quota::QuotaCell::new(wanted, &config.name, metrics)),
+                )
+            }),
             adaptive: config.adaptive_concurrency.as_ref().map(|wanted| {
                 let before = previous.and_then(|p| p.adaptive.as_ref());
                 crate::runtime::live_route::kept(before, |a| a.config() == *wanted)

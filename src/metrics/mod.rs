@@ -113,6 +113,9 @@ struct Families {
     adaptive_in_flight: IntGaugeVec,
     adaptive_rejections: IntCounterVec,
     refused: IntCounterVec,
+    quota_remaining: IntGaugeVec,
+    quota_reset: IntGaugeVec,
+    quota_total: IntCounterVec,
     retry_burning: IntGaugeVec,
     retry_burn_switches: IntCounterVec,
     retries: IntCounterVec,
@@ -218,6 +221,9 @@ impl Metrics {
             adaptive_in_flight: gauges(r, names::ADAPTIVE_IN_FLIGHT, "Requests in flight under the adaptive concurrency limit.", &["upstream"]),
             retry_burning: gauges(r, names::RETRY_BURNING, "1 while the route's retries are cut because its SLOs burn fast (retry.when_burning).", &["route"]),
             retry_burn_switches: counters(r, names::RETRY_BURN_SWITCHES_TOTAL, "Switches of retry.when_burning, by the state switched to (burning, normal).", &["route", "to"]),
+            quota_remaining: gauges(r, names::UPSTREAM_QUOTA_REMAINING, "The quota the partner last said it has left; -1 before it said.", &["upstream"]),
+            quota_reset: gauges(r, names::UPSTREAM_QUOTA_RESET_SECONDS, "Seconds until the partner's quota resets, as it last said.", &["upstream"]),
+            quota_total: counters(r, names::UPSTREAM_QUOTA_TOTAL, "Attempts held back while the partner's quota was spent: queued, or shed with a local 429.", &["upstream", "result"]),
             refused: counters(r, names::REFUSED_TOTAL, "Requests backstop refused itself, by route and reason (circuit_open, circuit_half_open, upstream_overloaded, adaptive_concurrency_limited, rate_limited).", &["route", "reason"]),
             adaptive_rejections: counters(r, names::ADAPTIVE_REJECTIONS_TOTAL, "Requests rejected (enforce) or that would have been rejected (shadow) by the adaptive concurrency limit.", &["upstream", "mode"]),
             retries: counters(r, names::RETRIES_TOTAL, "Retries by route and triggering condition.", &["route", "reason"]),
@@ -525,6 +531,24 @@ impl Metrics {
             self.0
                 .retry_burn_switches
                 .with_label_values(&[route, "normal"]),
+        )
+    }
+
+    /// Remaining and reset gauges, queued and shed counters of an upstream's quota.
+    pub fn upstream_quota(
+        &self,
+        upstream: &str,
+    ) -> (
+        IntGauge,
+        IntGauge,
+        prometheus::IntCounter,
+        prometheus::IntCounter,
+    ) {
+        (
+            self.0.quota_remaining.with_label_values(&[upstream]),
+            self.0.quota_reset.with_label_values(&[upstream]),
+            self.0.quota_total.with_label_values(&[upstream, "queued"]),
+            self.0.quota_total.with_label_values(&[upstream, "shed"]),
         )
     }
 

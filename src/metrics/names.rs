@@ -51,6 +51,12 @@ pub const REFUSED_TOTAL: &str = "backstop_refused_total";
 pub const RETRY_BURNING: &str = "backstop_retry_burning";
 /// Switches of `retry.when_burning`, by route and the state switched to.
 pub const RETRY_BURN_SWITCHES_TOTAL: &str = "backstop_retry_burn_switches_total";
+/// The quota the partner last said it has left (-1 before it said).
+pub const UPSTREAM_QUOTA_REMAINING: &str = "backstop_upstream_quota_remaining";
+/// Seconds until the partner's quota resets, as it last said.
+pub const UPSTREAM_QUOTA_RESET_SECONDS: &str = "backstop_upstream_quota_reset_seconds";
+/// Attempts held back while the partner's quota was spent: queued, or shed with a local 429.
+pub const UPSTREAM_QUOTA_TOTAL: &str = "backstop_upstream_quota_total";
 /// Retries by route and the condition that triggered them.
 pub const RETRIES_TOTAL: &str = "backstop_retries_total";
 /// Retries refused by the route's retry budget.

@@ -22,6 +22,7 @@ use super::{answer, record, retry};
 use crate::dataplane::activity::ListenerLoad;
 use crate::dataplane::body::ProxyBody;
 use crate::dataplane::pool::Via;
+use crate::dataplane::quota::Admit;
 use crate::dataplane::rescue::ProxyError;
 use crate::policy::classify::Call;
 use crate::policy::retry::{self as rules, RequestKind};
@@ -157,6 +158,24 @@ async fn attempts(
             .passed_over
             .filter(|_| upstream_index != route.upstream);
         let upstream = &snapshot.upstreams[upstream_index];
+        // Quota pacing: while the partner says its quota is spent, wait for it (within
+        // max_wait) or answer 429 without sending.
+        let mut now = now;
+        if let Some(quota) = &upstream.quota {
+            match quota.admit(now, deadline.saturating_duration_since(now)) {
+                Admit::Now => {}
+                Admit::After(wait) => {
+                    tokio::time::sleep(wait).await;
+                    now = Instant::now();
+                }
+                Admit::Refuse(retry_after) => {
+                    drop(target);
+                    let error = ProxyError::UpstreamQuotaExhausted { retry_after };
+                    let response = answer::refuse(ex, Some(upstream_index), error);
+                    return conclude(ex, kind, &trail, response, source, http1).await;
+                }
+            }
+        }
         let stayed = trail.pin.is_some() && trail.tried.contains(&(upstream_index, endpoint_index));
         if stayed && (!route.failover.is_empty() || upstream.balancer.groups() > 1) {
             // Another provider or priority group would have taken it if the request could
@@ -209,6 +228,9 @@ async fn attempts(
                 let left = per_try.saturating_sub(sent_at.elapsed());
                 sent = attempt::send(upstream, endpoint_index, request, left, Via::Fresh).await;
             }
+        }
+        if let (Some(quota), Ok(response)) = (&upstream.quota, &sent.response) {
+            quota.learn(response.status(), response.headers(), Instant::now());
         }
         let call = sent.call;
         let fault = attempt::client_fault(&source.watch, call);

@@ -173,7 +173,9 @@ impl Flags {
             ProxyError::Timeout => Flags::TIMEOUT,
             ProxyError::UpstreamError => Flags::RESET,
             ProxyError::Overloaded | ProxyError::AdaptiveConcurrencyLimited => Flags::OVERFLOW,
-            ProxyError::RateLimited { .. } => Flags::RATE_LIMITED,
+            ProxyError::RateLimited { .. } | ProxyError::UpstreamQuotaExhausted { .. } => {
+                Flags::RATE_LIMITED
+            }
             ProxyError::CircuitOpen { .. } | ProxyError::CircuitHalfOpen { .. } => {
                 Flags::CIRCUIT_OPEN
             }
