@@ -351,11 +351,14 @@ mod tests {
         );
         let first = windows[0];
         assert!(first.0 < first.1 / 10, "penalised at first: {first:?}");
+        // The two seconds after the bound, taken together (400 random choices): one second's
+        // 200 alone strays past 60% about once in a few hundred runs.
         let after = &windows[bound.as_secs() as usize..][..2];
-        for &(a, n) in after {
-            let share = a as f64 / n as f64;
-            assert!((0.4..=0.6).contains(&share), "after {bound:?}: {a} of {n}");
-        }
+        let (a, n) = after
+            .iter()
+            .fold((0, 0), |(a, n), &(wa, wn)| (a + wa, n + wn));
+        let share = a as f64 / n as f64;
+        assert!((0.4..=0.6).contains(&share), "after {bound:?}: {a} of {n}");
         let starved = windows.iter().filter(|w| w.0 == 0).count();
         assert!(
             starved < windows.len() / 2,
