@@ -73,21 +73,8 @@ async fn chromium_renders_the_status_page() {
     let _ = std::fs::remove_file(&screenshot);
     let profile = std::env::temp_dir().join(format!("backstop-chromium-{}", std::process::id()));
     let chromium = |extra: &[String]| {
-        let mut cmd = Command::new("chromium");
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(&url);
+        let mut cmd = chromium_command(&url, &profile);
+        cmd.arg("--hide-scrollbars").args(extra);
         cmd
     };
     let dom = tokio::task::spawn_blocking({
@@ -153,13 +140,9 @@ slos:\n\
     )
 }
 
-/// Runs headless Chromium on `url` and returns the DOM it rendered.
-async fn chromium_dom(url: &str) -> String {
-    let profile = std::env::temp_dir().join(format!(
-        "backstop-chromium-dom-{}-{}",
-        std::process::id(),
-        url.len()
-    ));
+/// Headless Chromium for `url` with its own profile directory; the caller adds what to do
+/// (`--dump-dom`, `--screenshot=...`).
+fn chromium_command(url: &str, profile: &std::path::Path) -> Command {
     let mut cmd = Command::new("chromium");
     cmd.args([
         "--headless",
@@ -170,10 +153,21 @@ async fn chromium_dom(url: &str) -> String {
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--dump-dom",
     ])
     .arg(format!("--user-data-dir={}", profile.display()))
     .arg(url);
+    cmd
+}
+
+/// Runs headless Chromium on `url` and returns the DOM it rendered.
+async fn chromium_dom(url: &str) -> String {
+    let profile = std::env::temp_dir().join(format!(
+        "backstop-chromium-dom-{}-{}",
+        std::process::id(),
+        url.len()
+    ));
+    let mut cmd = chromium_command(url, &profile);
+    cmd.arg("--dump-dom");
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::task::spawn_blocking(move || {

@@ -520,3 +520,48 @@ pub async fn read_message(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>)
         }
     }
 }
+
+/// Runs every fixture of `dir` against its golden file; the mismatches, empty when all match.
+pub fn check_golden_dir(dir: &std::path::Path) -> (usize, Vec<String>) {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let (mut ran, mut failures) = (0, Vec::new());
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let Some(args) = text.lines().next().and_then(|l| l.strip_prefix("# args: ")) else {
+            continue;
+        };
+        ran += 1;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .args(args.split_whitespace())
+            .current_dir(dir)
+            .env_remove("BACKSTOP_CONFIG")
+            .env_remove("BACKSTOP_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        let got = format!(
+            "exit: {}\n--- stdout\n{}--- stderr\n{}",
+            out.status.code().map_or("signal".into(), |c| c.to_string()),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let golden = file.with_extension("golden");
+        if update {
+            std::fs::write(&golden, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+        if got != expected {
+            failures.push(format!(
+                "{}:\n--- got\n{got}--- expected\n{expected}",
+                file.display()
+            ));
+        }
+    }
+    (ran, failures)
+}

@@ -206,39 +206,13 @@ impl Redis {
     /// One GCRA decision for `key` under `limit`, within `redis.timeout`; at once
     /// [`GlobalError::Down`] while Redis is known to be down.
     pub async fn check(&self, key: &str, limit: &RateLimitConfig) -> Result<Verdict, GlobalError> {
-        if self.down.load(Ordering::Acquire) {
-            return Err(GlobalError::Down);
-        }
-        let holder = self
-            .connection
-            .load_full()
-            .ok_or(GlobalError::NotConnected)?;
         let interval_us = limit.rate.interval().as_micros().max(1) as u64;
-        let mut invocation = self.script.prepare_invoke();
-        invocation.key(key).arg(interval_us).arg(limit.capacity());
-        let call = async {
-            let reply: (i64, i64, i64) = match holder.0.clone() {
-                Connection::Single(mut c) => invocation.invoke_async(&mut c).await?,
-                Connection::Cluster(mut c) => invocation.invoke_async(&mut c).await?,
-            };
-            Ok::<_, GlobalError>(reply)
-        };
-        let reply = tokio::time::timeout(self.config.timeout, call)
-            .await
-            .map_err(|_| GlobalError::Timeout)
-            .and_then(|r| r);
-        let (allowed, remaining, reset_us) = match reply {
-            Ok(reply) => {
-                if self.errors.load(Ordering::Relaxed) != 0 {
-                    self.errors.store(0, Ordering::Relaxed);
-                }
-                reply
-            }
-            Err(e) => {
-                self.failed(&e, holder);
-                return Err(e);
-            }
-        };
+        let args = [
+            interval_us.to_string().into_bytes(),
+            limit.capacity().to_string().into_bytes(),
+        ];
+        let (allowed, remaining, reset_us): (i64, i64, i64) =
+            self.run(&self.script, key, &args).await?;
         Ok(Verdict {
             allowed: allowed == 1,
             remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
@@ -246,8 +220,9 @@ impl Redis {
         })
     }
 
-    /// Runs `script` on one key with `args` within `redis.timeout`, with the same error
-    /// counting and fail-fast period as rate limit decisions (for the idempotency store).
+    /// Runs `script` on one key with `args` within `redis.timeout`: at once
+    /// [`GlobalError::Down`] while Redis is known to be down; errors are counted towards the
+    /// fail-fast period. Rate-limit decisions and the idempotency store both go through it.
     pub async fn run<T: redis::FromRedisValue>(
         &self,
         script: &Script,
