@@ -165,6 +165,8 @@ pub struct UpstreamConfigView {
     pub adaptive_concurrency: Option<AdaptiveView>,
     /// Pacing to the partner's quota; `null` when not configured.
     pub quota: Option<QuotaView>,
+    /// Outcome rules in order; empty when not configured.
+    pub outcome: Vec<OutcomeRuleView>,
     /// Upstream-level circuit breaker.
     pub circuit_breaker: Option<BreakerView>,
     /// Passive per-endpoint ejection.
@@ -181,6 +183,61 @@ pub enum ProtocolView {
     Http1,
     /// HTTP/2.
     Http2,
+}
+
+/// One rule of `outcome:`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct OutcomeRuleView {
+    /// Its name (`rule N` when not given).
+    pub name: String,
+    /// Statuses and classes it applies to (`409`, `5xx`); empty: any.
+    pub status: Vec<String>,
+    /// The header it looks at, if any.
+    pub header: Option<FieldMatchView>,
+    /// The JSON body field it looks at, if any.
+    pub json: Option<FieldMatchView>,
+    /// `success`, `failure` or `client_error`.
+    pub outcome: String,
+    /// A failure the retry stage may retry.
+    pub retryable: bool,
+}
+
+/// A header or JSON field condition.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FieldMatchView {
+    /// Header name or JSON path.
+    pub key: String,
+    /// Accepted values; `null`: present with any value.
+    pub values: Option<Vec<String>>,
+}
+
+fn outcome_view(rules: &crate::policy::outcome_rules::Rules) -> Vec<OutcomeRuleView> {
+    use crate::policy::outcome_rules::StatusItem;
+    rules
+        .rules
+        .iter()
+        .map(|r| OutcomeRuleView {
+            name: r.name.clone(),
+            status: r
+                .status
+                .iter()
+                .map(|s| match s {
+                    StatusItem::Code(c) => c.to_string(),
+                    StatusItem::Class(c) => format!("{c}xx"),
+                })
+                .collect(),
+            header: r.header.as_ref().map(|(name, values)| FieldMatchView {
+                key: name.to_string(),
+                values: values.clone(),
+            }),
+            json: r.json.as_ref().map(|(path, values)| FieldMatchView {
+                key: path.as_str().to_owned(),
+                values: values.clone(),
+            }),
+            outcome: r.verdict.as_str().to_owned(),
+            retryable: r.retryable,
+        })
+        .collect()
 }
 
 /// `quota:` as configured.
@@ -445,6 +502,7 @@ impl From<&Upstream> for UpstreamConfigView {
                 mode: if q.queue { "queue" } else { "reject" }.to_owned(),
                 max_wait_ms: ms(q.max_wait),
             }),
+            outcome: u.outcome.as_ref().map(outcome_view).unwrap_or_default(),
             circuit_breaker: u.circuit_breaker.as_ref().map(BreakerView::from),
             outlier_detection: u.outlier_detection.as_ref().map(OutlierView::from),
             health_check: u.health_check.as_ref().map(|h| HealthCheckView {

@@ -325,6 +325,10 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
             );
             super::model::QuotaConfig { queue, max_wait }
         }),
+        outcome: raw
+            .outcome
+            .as_ref()
+            .map(|o| super::compile_outcome::outcome(issues, &format!("{path}.outcome"), o)),
     }
 }
 

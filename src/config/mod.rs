@@ -7,6 +7,7 @@ mod compile;
 mod compile_adaptive;
 mod compile_idempotency;
 mod compile_metrics;
+mod compile_outcome;
 mod compile_policy;
 mod compile_rules;
 mod compile_server;

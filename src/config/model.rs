@@ -209,6 +209,8 @@ pub struct Upstream {
     pub idempotency_key: Option<GeneratedKey>,
     /// Pacing to the partner's quota (`quota`).
     pub quota: Option<QuotaConfig>,
+    /// What the partner's answers mean (`outcome`), when the status alone misleads.
+    pub outcome: Option<crate::policy::outcome_rules::Rules>,
 }
 
 /// `upstreams.<name>.quota`: stop sending while the partner says its quota is spent.

@@ -299,6 +299,49 @@ pub struct RawUpstream {
     /// Pacing to the partner's own quota, learned from its answers.
     #[schemars(with = "Option<RawQuota>")]
     pub quota: Option<Spanned<RawQuota>>,
+    /// What the partner's answers mean: ordered rules over the status, a header and a JSON
+    /// body field; the first match decides success, failure or client_error.
+    #[schemars(with = "Option<Vec<RawOutcomeRule>>")]
+    pub outcome: Option<Spanned<Vec<Spanned<RawOutcomeRule>>>>,
+}
+
+/// One rule of `outcome:` on an upstream.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutcomeRule {
+    /// Name in the access log and metrics (default `rule N`, 1-based).
+    #[schemars(with = "Option<String>")]
+    pub name: Option<Text>,
+    /// A status, a class (`5xx`) or a list of them; absent: any status.
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub status: Option<Spanned<serde_json::Value>>,
+    /// A response header: `{ name: X-Result, in: [FAILED] }`; without `in`, present with any
+    /// value.
+    #[schemars(with = "Option<RawFieldMatch>")]
+    pub header: Option<Spanned<RawFieldMatch>>,
+    /// A field of a JSON body (read up to 16 KiB): `{ path: $.code, in: [PG_TIMEOUT] }`.
+    #[schemars(with = "Option<RawFieldMatch>")]
+    pub json: Option<Spanned<RawFieldMatch>>,
+    /// `success`, `failure` or `client_error`.
+    #[schemars(with = "Option<String>")]
+    pub outcome: Option<Text>,
+    /// A `failure` the route's retry policy may retry (default false).
+    pub retryable: Option<bool>,
+}
+
+/// `header:` or `json:` in an outcome rule.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFieldMatch {
+    /// Header name (`header:` only).
+    #[schemars(with = "Option<String>")]
+    pub name: Option<Text>,
+    /// JSON path such as `$.error.code` (`json:` only).
+    #[schemars(with = "Option<String>")]
+    pub path: Option<Text>,
+    /// Accepted values, compared as text; absent: present with any value.
+    #[serde(rename = "in")]
+    pub values: Option<Vec<serde_json::Value>>,
 }
 
 /// `idempotency_key:` on an upstream.

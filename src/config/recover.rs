@@ -317,7 +317,7 @@ mod tests {
         assert_eq!(
             issues_of(yaml),
             vec![
-                "upstreams.pay.conect_timeout: unknown field `conect_timeout`, expected one of endpoints, connect_timeout, tls, host_header, protocol, idle_timeout, read_timeout, max_idle_connections, max_concurrent_requests, adaptive_concurrency, circuit_breaker, outlier_detection, load_balancing, health_check, honours_idempotency_key, idempotency_key, quota (line 3, column 5); did you mean \"connect_timeout\"?",
+                "upstreams.pay.conect_timeout: unknown field `conect_timeout`, expected one of endpoints, connect_timeout, tls, host_header, protocol, idle_timeout, read_timeout, max_idle_connections, max_concurrent_requests, adaptive_concurrency, circuit_breaker, outlier_detection, load_balancing, health_check, honours_idempotency_key, idempotency_key, quota, outcome (line 3, column 5); did you mean \"connect_timeout\"?",
                 "upstreams.pay.endpoints[0].wieght: unknown field `wieght`, expected one of address, priority, weight (line 5, column 35); did you mean \"weight\"?",
                 "upstreams.pay.endpoints[1].priority: expected a whole number from 0 to 4294967295 (line 7, column 19)",
                 "routes[0].upstream: unknown upstream \"payy\" (line 10, column 15); did you mean \"pay\"?",

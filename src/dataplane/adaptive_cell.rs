@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::policy::adaptive::{AdaptiveConfig, AdaptiveLimit, Window};
 use crate::policy::classify::{Call, CallResult};
+use crate::policy::outcome_rules::Verdict;
 use crate::policy::Mode;
 
 /// One upstream's adaptive limit.
@@ -107,6 +108,7 @@ impl AdaptiveCell {
         let failed = match call.result {
             CallResult::Status(s) => s >= 500 || s == 429,
             CallResult::ConnectFailure | CallResult::Timeout | CallResult::Reset => true,
+            CallResult::Judged(_, d) => d.verdict == Verdict::Failure,
         };
         self.samples.fetch_add(1, Ordering::Relaxed);
         if failed {

@@ -103,7 +103,7 @@ impl RouteMetrics {
 
 /// The attempt counters of one endpoint, one per result.
 #[derive(Debug)]
-pub struct EndpointMetrics([IntCounter; 5]);
+pub struct EndpointMetrics([IntCounter; 6]);
 
 impl EndpointMetrics {
     /// Handles for `endpoint` of `upstream`.

@@ -63,16 +63,20 @@ pub enum AttemptResult {
     Timeout,
     /// The connection broke or the response was malformed.
     Error,
+    /// A response the upstream's `outcome:` rules judged a failure (e.g. a 200 whose body
+    /// says the payment timed out).
+    OutcomeFailure,
 }
 
 impl AttemptResult {
     /// Every result, in declaration order (the index of each is `result as usize`).
-    pub const ALL: [AttemptResult; 5] = [
+    pub const ALL: [AttemptResult; 6] = [
         AttemptResult::Success,
         AttemptResult::Status5xx,
         AttemptResult::ConnectFailure,
         AttemptResult::Timeout,
         AttemptResult::Error,
+        AttemptResult::OutcomeFailure,
     ];
 
     /// The label value.
@@ -83,6 +87,7 @@ impl AttemptResult {
             AttemptResult::ConnectFailure => "connect_failure",
             AttemptResult::Timeout => "timeout",
             AttemptResult::Error => "error",
+            AttemptResult::OutcomeFailure => "outcome_failure",
         }
     }
 }
@@ -99,6 +104,7 @@ struct Families {
     /// replaced when the bounds change.
     duration: Mutex<(Vec<f64>, HistogramVec, HistogramVec)>,
     attempts: IntCounterVec,
+    outcome_rules: IntCounterVec,
     in_flight: IntGauge,
     circuit_state: IntGaugeVec,
     circuit_transitions: IntCounterVec,
@@ -207,6 +213,7 @@ impl Metrics {
             requests,
             duration: Mutex::new((DURATION_BUCKETS.to_vec(), duration, upstream_duration)),
             attempts,
+            outcome_rules: counters(r, names::OUTCOME_RULE_TOTAL, "Upstream answers an outcome rule judged, by rule and verdict.", &["upstream", "rule", "outcome"]),
             in_flight,
             circuit_state: gauges(r, names::CIRCUIT_STATE, "Circuit breaker state, one-hot over closed, open, half_open.", &["upstream", "route", "state"]),
             circuit_transitions: counters(r, names::CIRCUIT_TRANSITIONS_TOTAL, "Circuit breaker state transitions.", &["upstream", "route", "from", "to"]),
@@ -596,6 +603,14 @@ impl Metrics {
         self.0
             .attempts
             .with_label_values(&[upstream, endpoint, result.as_str()])
+    }
+
+    /// Counts an answer from `upstream` that outcome rule `rule` judged `outcome`.
+    pub fn outcome_rule(&self, upstream: &str, rule: &str, outcome: &str) {
+        self.0
+            .outcome_rules
+            .with_label_values(&[upstream, rule, outcome])
+            .inc();
     }
 
     /// The gauge of requests being served.

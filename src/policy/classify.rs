@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::outcome_rules::{Decision, Verdict};
+
 /// How one attempt at an upstream ended, as the policies see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallResult {
@@ -13,6 +15,19 @@ pub enum CallResult {
     Timeout,
     /// The connection broke or the response was malformed.
     Reset,
+    /// A response with this status that a rule of the upstream's `outcome:` judged; the rule's
+    /// verdict replaces the status for every policy.
+    Judged(u16, Decision),
+}
+
+impl CallResult {
+    /// The response status, if a response arrived.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            CallResult::Status(s) | CallResult::Judged(s, _) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// One finished call: its result and how long it took.
@@ -89,6 +104,7 @@ impl FailureSet {
             CallResult::Status(s) => {
                 (self.any_5xx && (500..=599).contains(&s)) || self.statuses.contains(&s)
             }
+            CallResult::Judged(_, decision) => decision.verdict == Verdict::Failure,
         }
     }
 }
@@ -113,5 +129,32 @@ mod tests {
         assert!(!set.is_failure(CallResult::Status(503)));
         assert!(!set.is_failure(CallResult::Reset));
         assert_eq!(FailureSet::parse(["5xx", "teapot"]), Err("teapot".into()));
+    }
+
+    #[test]
+    fn a_rule_s_verdict_overrides_the_status() {
+        let set = FailureSet::default();
+        let judged = |verdict| {
+            CallResult::Judged(
+                200,
+                Decision {
+                    rule: 0,
+                    verdict,
+                    retryable: false,
+                },
+            )
+        };
+        assert!(set.is_failure(judged(Verdict::Failure)));
+        assert!(!set.is_failure(judged(Verdict::Success)));
+        assert!(!set.is_failure(judged(Verdict::ClientError)));
+        let ok_503 = CallResult::Judged(
+            503,
+            Decision {
+                rule: 0,
+                verdict: Verdict::Success,
+                retryable: false,
+            },
+        );
+        assert!(!set.is_failure(ok_503));
     }
 }

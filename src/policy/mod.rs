@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod classify;
 pub mod health;
 pub mod idempotency;
+pub mod outcome_rules;
 pub mod outlier;
 pub mod rate;
 pub mod retry;

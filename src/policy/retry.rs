@@ -20,6 +20,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, Method};
 
 use super::classify::CallResult;
+use super::outcome_rules::Verdict;
 
 /// What `on:` lists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,6 +77,10 @@ impl RetryOn {
             CallResult::Timeout if self.timeout => Some("timeout"),
             CallResult::Status(s) if self.statuses.contains(&s) => Some(status_reason(s)),
             CallResult::Status(s) if self.any_5xx && (500..=599).contains(&s) => Some("5xx"),
+            // The upstream's own rule says whether its answer may be retried.
+            CallResult::Judged(_, d) if d.retryable && d.verdict == Verdict::Failure => {
+                Some("outcome_rule")
+            }
             _ => None,
         }
     }

@@ -671,7 +671,7 @@ impl Sim<'_> {
             if !slo.routes.contains(&route) {
                 continue;
             }
-            if let Some(good) = crate::slo::classify(slo.sli, status, reason, elapsed) {
+            if let Some(good) = crate::slo::classify(slo.sli, status, reason, None, elapsed) {
                 self.rings[i].record(good, self.base + at);
                 self.report.slos[i].events += 1;
                 self.report.slos[i].bad += u64::from(!good);

@@ -214,6 +214,7 @@ impl Slos {
         route: usize,
         status: u16,
         reason: Option<crate::dataplane::rescue::ProxyError>,
+        verdict: Option<crate::policy::outcome_rules::Verdict>,
         elapsed: Duration,
     ) {
         let Some(list) = self.by_route.get(route) else {
@@ -225,7 +226,7 @@ impl Slos {
         let now = Instant::now();
         for &i in list {
             let slo = &self.slos[i];
-            if let Some(good) = classify(slo.config.sli, status, reason, elapsed) {
+            if let Some(good) = classify(slo.config.sli, status, reason, verdict, elapsed) {
                 slo.record(good, now);
             }
         }

@@ -21,6 +21,7 @@ pub mod rules;
 use std::time::Duration;
 
 use crate::dataplane::rescue::ProxyError;
+use crate::policy::outcome_rules::Verdict;
 
 /// What makes an event good.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,11 +61,13 @@ pub const DEFAULT_MIN_EVENTS: u64 = 10;
 
 /// Whether an answer is a good event for `sli`; `None` when it does not count at all.
 /// `reason` is why backstop answered itself, if it did: an enum, so that renaming a reason's
-/// public string cannot silently change SLO accounting.
+/// public string cannot silently change SLO accounting. `verdict` is what the upstream's
+/// outcome rules made of its answer, if one matched: it replaces the status.
 pub fn classify(
     sli: Sli,
     status: u16,
     reason: Option<ProxyError>,
+    verdict: Option<Verdict>,
     elapsed: Duration,
 ) -> Option<bool> {
     // The client's own fault (a broken or stalled body, a client that left) says nothing
@@ -101,7 +104,10 @@ pub fn classify(
                         | ProxyError::TooManyStreams
                 )
             );
-            Some(status < 500 && !ours_failed)
+            match verdict {
+                Some(verdict) if !ours_failed => Some(verdict != Verdict::Failure),
+                _ => Some(status < 500 && !ours_failed),
+            }
         }
         Sli::LatencyBelow(threshold) => Some(elapsed <= threshold),
     }
@@ -117,13 +123,13 @@ mod tests {
             exclude_rate_limited: false,
         };
         let ms = Duration::from_millis(1);
-        assert_eq!(classify(sli, 200, None, ms), Some(true));
+        assert_eq!(classify(sli, 200, None, None, ms), Some(true));
         assert_eq!(
-            classify(sli, 404, None, ms),
+            classify(sli, 404, None, None, ms),
             Some(true),
             "a client error is the client's"
         );
-        assert_eq!(classify(sli, 503, None, ms), Some(false));
+        assert_eq!(classify(sli, 503, None, None, ms), Some(false));
         assert_eq!(
             classify(
                 sli,
@@ -131,6 +137,7 @@ mod tests {
                 Some(ProxyError::CircuitOpen {
                     retry_after: Duration::ZERO
                 }),
+                None,
                 ms
             ),
             Some(false)
@@ -142,6 +149,7 @@ mod tests {
                 Some(ProxyError::RateLimited {
                     retry_after: Duration::ZERO
                 }),
+                None,
                 ms
             ),
             Some(false)
@@ -156,14 +164,38 @@ mod tests {
                 Some(ProxyError::RateLimited {
                     retry_after: Duration::ZERO
                 }),
+                None,
                 ms
             ),
             None
         );
         assert_eq!(
-            classify(excluding, 429, None, ms),
+            classify(excluding, 429, None, None, ms),
             Some(true),
             "the upstream's own 429 is not ours"
+        );
+    }
+
+    #[test]
+    fn an_outcome_rule_s_verdict_replaces_the_status() {
+        let sli = Sli::Availability {
+            exclude_rate_limited: false,
+        };
+        let ms = Duration::from_millis(1);
+        let failure = Some(Verdict::Failure);
+        assert_eq!(classify(sli, 200, None, failure, ms), Some(false));
+        assert_eq!(
+            classify(sli, 503, None, Some(Verdict::Success), ms),
+            Some(true)
+        );
+        assert_eq!(
+            classify(sli, 500, None, Some(Verdict::ClientError), ms),
+            Some(true)
+        );
+        let timeout = Some(ProxyError::Timeout);
+        assert_eq!(
+            classify(sli, 504, timeout, Some(Verdict::Success), ms),
+            Some(false)
         );
     }
 
@@ -171,15 +203,15 @@ mod tests {
     fn latency_is_good_within_the_threshold() {
         let sli = Sli::LatencyBelow(Duration::from_millis(300));
         assert_eq!(
-            classify(sli, 200, None, Duration::from_millis(300)),
+            classify(sli, 200, None, None, Duration::from_millis(300)),
             Some(true)
         );
         assert_eq!(
-            classify(sli, 500, None, Duration::from_millis(10)),
+            classify(sli, 500, None, None, Duration::from_millis(10)),
             Some(true)
         );
         assert_eq!(
-            classify(sli, 200, None, Duration::from_millis(301)),
+            classify(sli, 200, None, None, Duration::from_millis(301)),
             Some(false)
         );
     }

@@ -34,6 +34,8 @@ pub enum Behaviour {
     Silent,
     /// Read the request, then drop the connection without a response.
     Reset,
+    /// This status with this body, as `application/json`.
+    Json(u16, String),
 }
 
 /// A backend on loopback that counts what it received.
@@ -127,6 +129,15 @@ impl Backend {
             }
             Behaviour::Silent => std::future::pending().await,
             Behaviour::Reset => Err(std::io::Error::other("reset on purpose")),
+            Behaviour::Json(code, body) => {
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                *r.status_mut() = StatusCode::from_u16(code).unwrap();
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                Ok(r)
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use super::exchange::Exchange;
 use super::outcome::{Attempt, End, Flags, Why};
 use super::source::Source;
 use super::target;
-use super::{answer, record, retry};
+use super::{answer, judge, record, retry};
 use crate::dataplane::activity::ListenerLoad;
 use crate::dataplane::body::ProxyBody;
 use crate::dataplane::pool::Via;
@@ -229,6 +229,10 @@ async fn attempts(
                 sent = attempt::send(upstream, endpoint_index, request, left, Via::Fresh).await;
             }
         }
+        // Stage 7b: the partner's own rules say what its answer means.
+        let left = per_try.saturating_sub(sent_at.elapsed());
+        let decision = judge::judge(&snapshot.metrics, upstream, &mut sent, left).await;
+        ex.outcome.judged = decision.map(|d| (upstream_index, d));
         if let (Some(quota), Ok(response)) = (&upstream.quota, &sent.response) {
             quota.learn(response.status(), response.headers(), Instant::now());
         }

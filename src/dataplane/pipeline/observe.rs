@@ -59,9 +59,14 @@ impl Observed {
         let outcome = &ex.outcome;
         let status = response.status().as_u16();
         if let Some(route) = outcome.route {
+            // A rule's verdict counts only when the answer is the upstream's.
+            let verdict = outcome
+                .judged
+                .filter(|_| outcome.reason.is_none())
+                .map(|(_, d)| d.verdict);
             ex.snapshot
                 .slos
-                .record(route, status, outcome.reason, elapsed);
+                .record(route, status, outcome.reason, verdict, elapsed);
         }
         if let Some(reason) = outcome.reason.filter(|r| r.is_refusal()) {
             metrics
@@ -94,6 +99,20 @@ impl Observed {
         if let Some(path) = self.path.filter(|_| sampled(ex, status)) {
             let trail = render_trail(outcome, |a| ex.names(a.upstream, a.endpoint));
             let rate_key = outcome.rate_key.map(|h| format!("{h:08x}"));
+            let rule = outcome
+                .judged
+                .filter(|_| outcome.reason.is_none())
+                .and_then(|(u, d)| {
+                    ex.snapshot
+                        .upstreams
+                        .get(u)?
+                        .config
+                        .outcome
+                        .as_ref()?
+                        .rules
+                        .get(d.rule)
+                })
+                .map_or("", |r| r.name.as_str());
             tracing::info!(
                 target: ACCESS_LOG_TARGET,
                 request_id = self.request_id.to_str().unwrap_or(""),
@@ -110,6 +129,7 @@ impl Observed {
                 flags = %outcome.flags.render(),
                 trail,
                 rate_key = rate_key.as_deref().unwrap_or(""),
+                outcome_rule = rule,
                 reason = outcome.reason.map_or("", |r| r.reason()),
                 note = outcome.note.unwrap_or(""),
                 "request"

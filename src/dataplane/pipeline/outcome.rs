@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::dataplane::rescue::ProxyError;
 use crate::policy::classify::CallResult;
+use crate::policy::outcome_rules::Decision;
 
 /// Attempts kept in the trail; later ones are counted in [`Outcome::attempts`] only.
 pub const TRAIL_LEN: usize = 6;
@@ -41,6 +42,8 @@ pub struct Outcome {
     pub upstream_time: Duration,
     /// A stable short hash of the rate-limit key (never the key itself).
     pub rate_key: Option<u32>,
+    /// The outcome rule that judged the last attempt's answer: (upstream index, decision).
+    pub judged: Option<(usize, Decision)>,
 }
 
 /// One attempt as the access log shows it.
@@ -87,7 +90,7 @@ impl End {
             return End::ClientFault;
         }
         match result {
-            CallResult::Status(s) => End::Status(s),
+            CallResult::Status(s) | CallResult::Judged(s, _) => End::Status(s),
             CallResult::ConnectFailure => End::ConnectFailure,
             CallResult::Timeout => End::Timeout,
             CallResult::Reset => End::Reset,

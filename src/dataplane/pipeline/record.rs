@@ -12,6 +12,7 @@ use crate::dataplane::load;
 use crate::dataplane::upstream::LiveUpstream;
 use crate::metrics::AttemptResult;
 use crate::policy::classify::{Call, CallResult};
+use crate::policy::outcome_rules::Verdict;
 use crate::runtime::Snapshot;
 
 /// Counts the attempt everywhere it counts; hands back the bulkhead slot, for the caller to
@@ -43,7 +44,7 @@ pub fn record(snapshot: &Snapshot, target: Target, call: Call) -> Slot {
 fn account(upstream: &LiveUpstream, endpoint_index: usize, call: Call) {
     let endpoint = &upstream.endpoints[endpoint_index];
     let Call { result, elapsed } = call;
-    if let CallResult::Status(_) = result {
+    if result.status().is_some() {
         endpoint.load.observe(elapsed);
     } else {
         // A failure is as bad as the slowest answer: make the endpoint expensive for a while.
@@ -55,5 +56,7 @@ fn account(upstream: &LiveUpstream, endpoint_index: usize, call: Call) {
         CallResult::ConnectFailure => AttemptResult::ConnectFailure,
         CallResult::Timeout => AttemptResult::Timeout,
         CallResult::Reset => AttemptResult::Error,
+        CallResult::Judged(_, d) if d.verdict == Verdict::Failure => AttemptResult::OutcomeFailure,
+        CallResult::Judged(_, _) => AttemptResult::Success,
     });
 }

@@ -723,6 +723,7 @@ fn describe(call: Call) -> String {
         CallResult::ConnectFailure => "connect failure".into(),
         CallResult::Timeout => "timeout".into(),
         CallResult::Reset => "reset".into(),
+        CallResult::Judged(s, d) => format!("status {s} judged {}", d.verdict.as_str()),
     };
     format!("{what} after {}", human(call.elapsed))
 }

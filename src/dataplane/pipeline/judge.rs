@@ -1,0 +1,116 @@
+//! Stage 7b, judging an answer by the upstream's outcome rules (`upstreams.<name>.outcome`).
+//!
+//! Runs after the attempt and before classification, only for upstreams that declare rules.
+//! The status and headers are matched first; the body is read only when the first rule that
+//! could match has a `json:` condition, and then at most [`PEEK_LIMIT`] bytes of it: a larger
+//! body, or one that is not JSON, is handed on untouched (the bytes already read first) and no
+//! `json:` condition matches it. Everything else streams as before.
+//!
+//! A rule's verdict becomes the attempt's [`CallResult::Judged`], which the breaker, outlier
+//! detection, adaptive limit, retry stage and SLOs read instead of the status.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, Response};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+
+use super::attempt::Sent;
+use crate::dataplane::body::ProxyBody;
+use crate::dataplane::rescue::ProxyError;
+use crate::dataplane::upstream::LiveUpstream;
+use crate::metrics::Metrics;
+use crate::policy::classify::CallResult;
+use crate::policy::outcome_rules::{Decision, HeadJudgement, PEEK_LIMIT};
+
+/// Applies the upstream's rules to `sent`; returns the deciding rule, if one matched. `left`
+/// bounds the body read (the rest of the attempt's time).
+pub async fn judge(
+    metrics: &Metrics,
+    upstream: &LiveUpstream,
+    sent: &mut Sent,
+    left: Duration,
+) -> Option<Decision> {
+    let rules = upstream.config.outcome.as_ref()?;
+    let response = sent.response.as_mut().ok()?;
+    let status = response.status().as_u16();
+    let decision = match rules.judge_head(status, response.headers()) {
+        HeadJudgement::Decided(decision) => decision,
+        HeadJudgement::NeedsBody => {
+            let started = Instant::now();
+            let peeked = peek(response, left).await;
+            sent.call.elapsed += started.elapsed();
+            match peeked {
+                Ok(json) => rules.judge(status, response.headers(), json.as_ref()),
+                Err(error) => {
+                    // The upstream answered but its body broke or stalled: like a reset.
+                    sent.call.result = match error {
+                        ProxyError::Timeout => CallResult::Timeout,
+                        _ => CallResult::Reset,
+                    };
+                    sent.response = Err(error);
+                    return None;
+                }
+            }
+        }
+    }?;
+    sent.call.result = CallResult::Judged(status, decision);
+    let rule = &rules.rules[decision.rule];
+    metrics.outcome_rule(&upstream.name, &rule.name, decision.verdict.as_str());
+    Some(decision)
+}
+
+/// Reads a small JSON body and parses it; puts the bytes back into `response` whatever
+/// happens. `Ok(None)`: no JSON to look at (not JSON, too large, or not parseable).
+async fn peek(
+    response: &mut Response<ProxyBody>,
+    left: Duration,
+) -> Result<Option<serde_json::Value>, ProxyError> {
+    if !worth_reading(response.headers()) {
+        return Ok(None);
+    }
+    let body = std::mem::replace(response.body_mut(), ProxyBody::local(Bytes::new()));
+    let mut body = Box::pin(body);
+    let deadline = Instant::now() + left;
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(_))) => return Err(ProxyError::UpstreamError),
+            Err(_) => return Err(ProxyError::Timeout),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() > PEEK_LIMIT {
+            // Too large to judge: hand it on as it came, the bytes read first.
+            *response.body_mut() = ProxyBody::Prefixed {
+                prefix: Some(buf.freeze()),
+                rest: body,
+            };
+            return Ok(None);
+        }
+    }
+    let bytes = buf.freeze();
+    let json = serde_json::from_slice(&bytes).ok();
+    *response.body_mut() = ProxyBody::local(bytes);
+    Ok(json)
+}
+
+/// Whether the body may be JSON of at most [`PEEK_LIMIT`] bytes: a JSON content type (or
+/// none) and no larger declared length.
+fn worth_reading(headers: &HeaderMap) -> bool {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.to_ascii_lowercase().contains("json"));
+    let small = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_none_or(|n| n <= PEEK_LIMIT);
+    json && small
+}
