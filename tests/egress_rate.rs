@@ -391,3 +391,50 @@ async fn a_global_queue_spreads_the_fleets_waiters() {
         "20 arrivals at 20/s for the fleet span about 950ms, not half that: {span:?}"
     );
 }
+
+/// The declared rate's bucket survives a reload that keeps the upstream's `quota` (even when
+/// the rest of the upstream changes) and starts over when `quota` changes.
+#[tokio::test]
+async fn the_bucket_survives_a_reload_that_keeps_the_quota() {
+    let (addr, arrivals) = partner().await;
+    let dir = std::env::temp_dir().join(format!("backstop-egress-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("backstop.yaml");
+    let yaml = |connect_timeout: &str, rate: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nupstreams:\n  partner:\n    endpoints: [{{ address: \"{addr}\" }}]\n    connect_timeout: {connect_timeout}\n    quota: {{ rate: {rate}, mode: reject }}\nroutes:\n  - {{ name: r, upstream: partner }}\n"
+        )
+    };
+    std::fs::write(&file, yaml("1s", "1/m")).unwrap();
+    let config = backstop::config::load(&file).unwrap();
+    let app = backstop::App::start_watching(config, backstop::metrics::Metrics::new(), &file)
+        .await
+        .unwrap();
+    let url = format!("http://{}/x", app.proxy_addr());
+    let reload = || async {
+        let request = Request::post(format!("http://{}/admin/reload", app.admin_addr()))
+            .header("x-backstop-admin", "1")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        support::send(request).await.json()["generation"].clone()
+    };
+    assert_eq!(get(url.clone()).await.status, 200);
+    assert_eq!(get(url.clone()).await.status, 429, "one a minute");
+
+    std::fs::write(&file, yaml("2s", "1/m")).unwrap();
+    assert_eq!(reload().await, 2);
+    assert_eq!(
+        get(url.clone()).await.status,
+        429,
+        "the slot taken before the reload still counts"
+    );
+
+    std::fs::write(&file, yaml("2s", "2/m")).unwrap();
+    assert_eq!(reload().await, 3);
+    assert_eq!(
+        get(url.clone()).await.status,
+        200,
+        "a new rate, a new bucket"
+    );
+    assert_eq!(arrivals.lock().unwrap().len(), 2);
+}
