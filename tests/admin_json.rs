@@ -28,8 +28,8 @@ fn admin_schemas() -> Value {
 }
 
 /// A config using every block a view shows: breakers (upstream and route level, every
-/// condition), outlier detection, health checks, TLS, retry, rate limit, failover, Redis,
-/// both SLI kinds.
+/// condition), outlier detection, health checks, TLS, retry, rate limit, quota with a declared
+/// rate, failover, Redis, both SLI kinds.
 fn rich_config(a: &Backend, b: &Backend, closed: std::net::SocketAddr) -> String {
     format!(
         r#"access_log: {{ sample: 10% }}
@@ -44,7 +44,7 @@ upstreams:
     load_balancing: round_robin
     max_concurrent_requests: 50
     adaptive_concurrency: {{ algorithm: aimd, max_limit: 100, mode: shadow }}
-    quota: {{ mode: reject }}
+    quota: {{ mode: reject, rate: 300/s, burst: 50 }}
     host_header: api.pg.example
     circuit_breaker:
       mode: shadow
@@ -217,6 +217,9 @@ async fn every_admin_view_is_typed_json_matching_its_schema() {
     assert_eq!(partner["idempotency"]["ttl_ms"], 3_600_000);
     let pg = &config["upstreams"][0];
     assert_eq!(pg["quota"]["mode"], "reject");
+    assert_eq!(pg["quota"]["rate"], "300/s");
+    assert_eq!(pg["quota"]["burst"], 50);
+    assert_eq!(pg["quota"]["scope"], "local");
     assert_eq!(pg["name"], "pg");
     assert_eq!(pg["load_balancing"], "round_robin");
     assert_eq!(pg["host_header"], "api.pg.example");

@@ -29,7 +29,7 @@ use crate::config::{redact_url, Config, HostMatch, LoadBalancing, Route, Upgrade
 use crate::policy::breaker::{BreakerConfig, StateName};
 use crate::policy::classify::FailureSet;
 use crate::policy::outlier::OutlierConfig;
-use crate::policy::rate::{LimitKey, OnError, RateLimitConfig, Scope};
+use crate::policy::rate::{LimitKey, OnError, Rate, RateLimitConfig, Scope};
 use crate::policy::retry::{NonIdempotent, RetryPolicy};
 use crate::policy::Mode;
 use crate::runtime::Snapshot;
@@ -247,6 +247,12 @@ pub struct QuotaView {
     pub mode: String,
     /// Longest wait in queue mode.
     pub max_wait_ms: u64,
+    /// Declared egress rate as the config writes it (`300/s`); `null`: only the learned quota.
+    pub rate: Option<String>,
+    /// Requests that may go at once under `rate`; `null` without `rate`.
+    pub burst: Option<u32>,
+    /// Where the declared rate is counted; `null` without `rate`.
+    pub scope: Option<ScopeView>,
 }
 
 /// `adaptive_concurrency:` as configured.
@@ -501,6 +507,9 @@ impl From<&Upstream> for UpstreamConfigView {
             quota: u.quota.map(|q| QuotaView {
                 mode: if q.queue { "queue" } else { "reject" }.to_owned(),
                 max_wait_ms: ms(q.max_wait),
+                rate: q.declared.map(|d| rate_text(d.rate)),
+                burst: q.declared.map(|d| d.burst),
+                scope: q.declared.map(|d| d.scope.into()),
             }),
             outcome: u.outcome.as_ref().map(outcome_view).unwrap_or_default(),
             circuit_breaker: u.circuit_breaker.as_ref().map(BreakerView::from),
@@ -751,26 +760,37 @@ pub enum MissingKeyView {
     Shared,
 }
 
+/// A rate as the config writes it: `100/s`, `6000/m`, `10000/h`.
+fn rate_text(rate: Rate) -> String {
+    let unit = match rate.per.as_secs() {
+        3600 => "h",
+        60 => "m",
+        _ => "s",
+    };
+    format!("{}/{unit}", rate.count)
+}
+
+impl From<Scope> for ScopeView {
+    fn from(scope: Scope) -> Self {
+        match scope {
+            Scope::Local => ScopeView::Local,
+            Scope::Global => ScopeView::Global,
+        }
+    }
+}
+
 impl From<&RateLimitConfig> for RateLimitView {
     fn from(l: &RateLimitConfig) -> Self {
-        let unit = match l.rate.per.as_secs() {
-            3600 => "h",
-            60 => "m",
-            _ => "s",
-        };
         Self {
             mode: l.mode.into(),
-            rate: format!("{}/{unit}", l.rate.count),
+            rate: rate_text(l.rate),
             burst: l.burst,
             key: match &l.key {
                 LimitKey::Route => "route".to_owned(),
                 LimitKey::ClientIp => "client_ip".to_owned(),
                 LimitKey::Header(name) => format!("header:{name}"),
             },
-            scope: match l.scope {
-                Scope::Local => ScopeView::Local,
-                Scope::Global => ScopeView::Global,
-            },
+            scope: l.scope.into(),
             on_missing_key: if l.reject_missing_key {
                 MissingKeyView::Reject
             } else {

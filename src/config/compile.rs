@@ -61,7 +61,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
     let upstreams: Vec<Upstream> = raw
         .upstreams
         .iter()
-        .map(|(name, up)| upstream(&mut issues, name, up))
+        .map(|(name, up)| upstream(&mut issues, name, up, raw.redis.is_some()))
         .collect();
     let routes = routes(
         &mut issues,
@@ -182,7 +182,8 @@ fn listener(
         .unwrap_or(fallback)
 }
 
-fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
+/// `has_redis`: whether the file has a `redis:` section (`quota.scope: global` needs it).
+fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream, has_redis: bool) -> Upstream {
     let path = format!("upstreams.{name}");
     validate::name(
         issues,
@@ -299,32 +300,10 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
         idempotency_key: raw.idempotency_key.as_ref().map(|k| {
             super::compile_idempotency::generated_key(issues, &format!("{path}.idempotency_key"), k)
         }),
-        quota: raw.quota.as_ref().map(|q| {
-            let path = format!("{path}.quota");
-            let queue = match q.value.mode.as_ref().map(|m| (m, m.value.trim())) {
-                None | Some((_, "queue")) => true,
-                Some((_, "reject")) => false,
-                Some((m, other)) => {
-                    let message = format!("unknown mode {other:?}: expected queue or reject");
-                    issues.unknown(
-                        &format!("{path}.mode"),
-                        m,
-                        other,
-                        message,
-                        &["queue", "reject"],
-                    );
-                    true
-                }
-            };
-            let max_wait = super::validate::duration_or(
-                issues,
-                &format!("{path}.max_wait"),
-                q.value.max_wait.as_ref(),
-                std::time::Duration::from_millis(200),
-                std::time::Duration::from_secs(60),
-            );
-            super::model::QuotaConfig { queue, max_wait }
-        }),
+        quota: raw
+            .quota
+            .as_ref()
+            .map(|q| super::compile_quota::quota(issues, &format!("{path}.quota"), q, has_redis)),
         outcome: raw
             .outcome
             .as_ref()

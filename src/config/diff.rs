@@ -143,6 +143,8 @@ fn change(path: &str, old: &str, new: &str) -> String {
         " (its state starts over)"
     } else if path.contains(".rate_limit") {
         " (its buckets start over)"
+    } else if path.starts_with("upstreams.") && path.contains(".quota") {
+        " (the learned pause and the declared rate's bucket start over)"
     } else if path.starts_with("slos[") {
         " (its live budget starts over)"
     } else if path.starts_with("metrics.") {
@@ -276,6 +278,18 @@ mod tests {
                 "upstreams.pg: removed",
                 "routes[b]: position 2 -> 1 (first match wins)",
                 "routes[a]: position 1 -> 2 (first match wins)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quota_change_says_its_state_starts_over() {
+        let old = serde_json::json!({"upstreams": {"pg": {"quota": {"rate": "20/s"}}}});
+        let new = serde_json::json!({"upstreams": {"pg": {"quota": {"rate": "30/s"}}}});
+        assert_eq!(
+            diff_values(&old, &new, &[]),
+            vec![
+                "upstreams.pg.quota.rate: 20/s -> 30/s (the learned pause and the declared rate's bucket start over)"
             ]
         );
     }

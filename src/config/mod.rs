@@ -9,6 +9,7 @@ mod compile_idempotency;
 mod compile_metrics;
 mod compile_outcome;
 mod compile_policy;
+mod compile_quota;
 mod compile_rules;
 mod compile_server;
 mod diff;
@@ -28,9 +29,9 @@ pub use diff::{diff, diff_values, needs_restart, Change};
 pub use error::{ConfigError, ConfigIssue, Position};
 pub use lint::{lint, Finding, RULES as LINT_RULES};
 pub use model::{
-    AccessLog, Cidr, Config, Endpoint, FingerprintParts, GeneratedKey, HealthCheck, HostMatch,
-    Idempotency, IdempotencyStore, LoadBalancing, QuotaConfig, RedisConfig, Route, ServerLimits,
-    Tls, Upgrade, Upstream, UpstreamProtocol,
+    AccessLog, Cidr, Config, DeclaredRate, Endpoint, FingerprintParts, GeneratedKey, HealthCheck,
+    HostMatch, Idempotency, IdempotencyStore, LoadBalancing, QuotaConfig, RedisConfig, Route,
+    ServerLimits, Tls, Upgrade, Upstream, UpstreamProtocol,
 };
 pub use redact::redact_url;
 

@@ -213,13 +213,27 @@ pub struct Upstream {
     pub outcome: Option<crate::policy::outcome_rules::Rules>,
 }
 
-/// `upstreams.<name>.quota`: stop sending while the partner says its quota is spent.
+/// `upstreams.<name>.quota`: stop sending while the partner says its quota is spent, and (with
+/// `rate`) never send faster than the declared rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaConfig {
     /// Wait (up to `max_wait`) rather than answer 429 at once.
     pub queue: bool,
     /// Longest wait in queue mode.
     pub max_wait: Duration,
+    /// A declared egress rate (`rate`, `burst`, `scope`); `None`: only the learned quota.
+    pub declared: Option<DeclaredRate>,
+}
+
+/// `upstreams.<name>.quota.rate`: the rate backstop sends at, at most, to the partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeclaredRate {
+    /// Steady rate.
+    pub rate: crate::policy::rate::Rate,
+    /// Requests that may go at once (the bucket size, at least 1).
+    pub burst: u32,
+    /// Per process, or shared by the fleet through Redis.
+    pub scope: crate::policy::rate::Scope,
 }
 
 /// `upstreams.<name>.idempotency_key`: the header backstop fills with a fresh key.

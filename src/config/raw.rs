@@ -481,6 +481,18 @@ pub struct RawQuota {
     /// Longest wait in `queue` mode (default 200ms).
     #[schemars(with = "Option<String>")]
     pub max_wait: Option<Text>,
+    /// A declared egress rate to the partner, `N/s`, `N/m` or `N/h` (none by default: only
+    /// the learned quota paces).
+    #[schemars(with = "Option<String>")]
+    pub rate: Option<Text>,
+    /// Requests that may go at once under `rate` (the bucket size, at least 1; default 1:
+    /// evenly spaced).
+    #[schemars(with = "Option<u32>")]
+    pub burst: Option<Spanned<u32>>,
+    /// `local` (default): each backstop process sends at `rate`; `global`: the fleet
+    /// together, shared through the top-level `redis:`.
+    #[schemars(with = "Option<String>")]
+    pub scope: Option<Text>,
 }
 
 /// `adaptive_concurrency:`

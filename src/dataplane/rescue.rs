@@ -58,9 +58,9 @@ pub enum ProxyError {
     /// is at capacity.
     #[error("the upstream is at the concurrency its latency allows; try again shortly")]
     AdaptiveConcurrencyLimited,
-    /// The upstream said its own quota is spent (Retry-After, RateLimit, X-RateLimit-*):
-    /// backstop does not send until it is back.
-    #[error("the partner's quota is spent; see Retry-After")]
+    /// The upstream said its own quota is spent (Retry-After, RateLimit, X-RateLimit-*), or
+    /// its declared rate (`quota.rate`) has no slot soon enough: backstop does not send.
+    #[error("the partner's quota is spent or its declared rate is reached; see Retry-After")]
     UpstreamQuotaExhausted {
         /// Until the partner's quota is back.
         retry_after: std::time::Duration,

@@ -15,6 +15,7 @@ use super::breaker_cell::BreakerCell;
 use super::bulkhead::Bulkhead;
 use super::client::{self, ClientError, UpstreamClient};
 use super::ejection::EjectionCell;
+use super::ratelimit::global::Redis;
 use crate::config::Upstream;
 use crate::metrics::handles::EndpointMetrics;
 use crate::metrics::Metrics;
@@ -79,13 +80,15 @@ impl LiveUpstream {
     /// `previous` is the upstream of the same name before a reload: its endpoints' latency
     /// estimates carry over by address, and an added endpoint starts at the median of the
     /// pool's estimates, neither shunned nor flooded.
+    /// `redis` is the process's shared client, for a declared quota rate with `scope: global`.
     pub fn start(
         config: &Upstream,
         metrics: &Metrics,
         breaker: Option<Arc<BreakerCell>>,
         previous: Option<&LiveUpstream>,
+        redis: Option<&Arc<Redis>>,
     ) -> Result<Arc<Self>, ClientError> {
-        let live = Arc::new(Self::build(config, metrics, breaker, previous)?);
+        let live = Arc::new(Self::build(config, metrics, breaker, previous, redis)?);
         if let Some(check) = &config.health_check {
             let _ = live.health.set(super::health::start(&live, check, metrics));
         }
@@ -97,6 +100,7 @@ impl LiveUpstream {
         metrics: &Metrics,
         breaker: Option<Arc<BreakerCell>>,
         previous: Option<&LiveUpstream>,
+        redis: Option<&Arc<Redis>>,
     ) -> Result<Self, ClientError> {
         let now = tokio::time::Instant::now();
         let starting_estimate = |address: &str| {
@@ -152,12 +156,19 @@ impl LiveUpstream {
             }),
             bulkhead: Bulkhead::new(&config.name, config.max_concurrent_requests, metrics),
             // The learned limit survives a reload that leaves its config as it was.
-            // What the partner said about its quota survives a reload that keeps the config.
+            // What the partner said about its quota, and the declared rate's bucket, survive a
+            // reload that keeps the config (and, for a global rate, the Redis client).
             quota: config.quota.map(|wanted| {
                 let before = previous.and_then(|p| p.quota.as_ref());
-                crate::runtime::live_route::kept(before, |q| q.config() == wanted).unwrap_or_else(
-                    || Arc::new(super::quota::QuotaCell::new(wanted, &config.name, metrics)),
-                )
+                crate::runtime::live_route::kept(before, |q| q.config() == wanted && q.uses(redis))
+                    .unwrap_or_else(|| {
+                        Arc::new(super::quota::QuotaCell::new(
+                            wanted,
+                            &config.name,
+                            redis,
+                            metrics,
+                        ))
+                    })
             }),
             adaptive: config.adaptive_concurrency.as_ref().map(|wanted| {
                 let before = previous.and_then(|p| p.adaptive.as_ref());
@@ -187,8 +198,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reload_keeps_estimates_and_starts_added_endpoints_at_the_median() {
         let metrics = Metrics::new();
-        let before =
-            LiveUpstream::start(&upstream(&["a:1", "b:1", "c:1"]), &metrics, None, None).unwrap();
+        let before = LiveUpstream::start(
+            &upstream(&["a:1", "b:1", "c:1"]),
+            &metrics,
+            None,
+            None,
+            None,
+        )
+        .unwrap();
         let now = tokio::time::Instant::now();
         for (e, ms) in [(0, 10), (1, 20), (2, 400)] {
             before.endpoints[e]
@@ -200,6 +217,7 @@ mod tests {
             &metrics,
             None,
             Some(&before),
+            None,
         )
         .unwrap();
         let ms = |e: usize| after.endpoints[e].load.ewma_at(now).as_secs_f64() * 1000.0;

@@ -230,7 +230,7 @@ impl Metrics {
             retry_burn_switches: counters(r, names::RETRY_BURN_SWITCHES_TOTAL, "Switches of retry.when_burning, by the state switched to (burning, normal).", &["route", "to"]),
             quota_remaining: gauges(r, names::UPSTREAM_QUOTA_REMAINING, "The quota the partner last said it has left; -1 before it said.", &["upstream"]),
             quota_reset: gauges(r, names::UPSTREAM_QUOTA_RESET_SECONDS, "Seconds until the partner's quota resets, as it last said.", &["upstream"]),
-            quota_total: counters(r, names::UPSTREAM_QUOTA_TOTAL, "Attempts held back while the partner's quota was spent: queued, or shed with a local 429.", &["upstream", "result"]),
+            quota_total: counters(r, names::UPSTREAM_QUOTA_TOTAL, "Attempts held back by the partner's quota (queued, shed) or the declared rate (declared_queued, declared_shed, declared_backend_error).", &["upstream", "result"]),
             refused: counters(r, names::REFUSED_TOTAL, "Requests backstop refused itself, by route and reason (circuit_open, circuit_half_open, upstream_overloaded, adaptive_concurrency_limited, rate_limited).", &["route", "reason"]),
             adaptive_rejections: counters(r, names::ADAPTIVE_REJECTIONS_TOTAL, "Requests rejected (enforce) or that would have been rejected (shadow) by the adaptive concurrency limit.", &["upstream", "mode"]),
             retries: counters(r, names::RETRIES_TOTAL, "Retries by route and triggering condition.", &["route", "reason"]),
@@ -557,6 +557,12 @@ impl Metrics {
             self.0.quota_total.with_label_values(&[upstream, "queued"]),
             self.0.quota_total.with_label_values(&[upstream, "shed"]),
         )
+    }
+
+    /// One `result` of an upstream's quota counter (`declared_queued`, `declared_shed`,
+    /// `declared_backend_error`).
+    pub fn upstream_quota_result(&self, upstream: &str, result: &str) -> prometheus::IntCounter {
+        self.0.quota_total.with_label_values(&[upstream, result])
     }
 
     /// The counter of requests of `route` backstop refused for `reason`.

@@ -57,7 +57,8 @@ pub const RETRY_BURN_SWITCHES_TOTAL: &str = "backstop_retry_burn_switches_total"
 pub const UPSTREAM_QUOTA_REMAINING: &str = "backstop_upstream_quota_remaining";
 /// Seconds until the partner's quota resets, as it last said.
 pub const UPSTREAM_QUOTA_RESET_SECONDS: &str = "backstop_upstream_quota_reset_seconds";
-/// Attempts held back while the partner's quota was spent: queued, or shed with a local 429.
+/// Attempts held back by the partner's quota (`queued`, `shed` with a local 429) or by the
+/// declared rate (`declared_queued`, `declared_shed`, `declared_backend_error`).
 pub const UPSTREAM_QUOTA_TOTAL: &str = "backstop_upstream_quota_total";
 /// Retries by route and the condition that triggered them.
 pub const RETRIES_TOTAL: &str = "backstop_retries_total";

@@ -59,22 +59,8 @@ impl Snapshot {
         metrics: &Metrics,
         previous: Option<&Snapshot>,
     ) -> Result<Self, ClientError> {
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                let before =
-                    previous.and_then(|p| p.upstreams.iter().find(|l| l.config.name == u.name));
-                if let Some(same) = live_route::kept(before, |b| b.config == *u) {
-                    return Ok(same);
-                }
-                let breaker = live_route::kept(before.and_then(|b| b.breaker.as_ref()), |b| {
-                    u.circuit_breaker.as_ref() == Some(b.config())
-                });
-                LiveUpstream::start(u, metrics, breaker, before.map(|b| &**b))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        // Connect only when a route needs it: a redis: section alone starts nothing.
+        // Connect only when a route or an upstream's quota needs it: a redis: section alone
+        // starts nothing.
         let global = config.routes.iter().any(|r| {
             r.rate_limit
                 .as_ref()
@@ -82,6 +68,10 @@ impl Snapshot {
                 || r.idempotency
                     .as_ref()
                     .is_some_and(|i| i.store == crate::config::IdempotencyStore::Redis)
+        }) || config.upstreams.iter().any(|u| {
+            u.quota
+                .and_then(|q| q.declared)
+                .is_some_and(|d| d.scope == Scope::Global)
         });
         let redis = match previous {
             Some(p) if global && p.redis.is_some() && p.config.redis == config.redis => {
@@ -93,6 +83,24 @@ impl Snapshot {
                 .filter(|_| global)
                 .map(|c| Redis::start(c, metrics.redis_available())),
         };
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let before =
+                    previous.and_then(|p| p.upstreams.iter().find(|l| l.config.name == u.name));
+                let same = |b: &LiveUpstream| {
+                    b.config == *u && b.quota.as_ref().is_none_or(|q| q.uses(redis.as_ref()))
+                };
+                if let Some(same) = live_route::kept(before, same) {
+                    return Ok(same);
+                }
+                let breaker = live_route::kept(before.and_then(|b| b.breaker.as_ref()), |b| {
+                    u.circuit_breaker.as_ref() == Some(b.config())
+                });
+                LiveUpstream::start(u, metrics, breaker, before.map(|b| &**b), redis.as_ref())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // Past the only step that can fail: the routes' histograms use the config's buckets.
         metrics.set_latency_buckets(&config.latency_buckets);
         let cx = live_route::Context {

@@ -158,11 +158,17 @@ async fn attempts(
             .passed_over
             .filter(|_| upstream_index != route.upstream);
         let upstream = &snapshot.upstreams[upstream_index];
-        // Quota pacing: while the partner says its quota is spent, wait for it (within
-        // max_wait) or answer 429 without sending.
+        // Quota pacing: while the partner says its quota is spent, or the declared rate has
+        // no slot yet, wait (within max_wait) or answer 429 without sending.
         let mut now = now;
         if let Some(quota) = &upstream.quota {
-            match quota.admit(now, deadline.saturating_duration_since(now)) {
+            let paced = quota
+                .pace(now, deadline.saturating_duration_since(now))
+                .await;
+            if paced.note.is_some() {
+                ex.outcome.note = paced.note;
+            }
+            match paced.admit {
                 Admit::Now => {}
                 Admit::After(wait) => {
                     tokio::time::sleep(wait).await;

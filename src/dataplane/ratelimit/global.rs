@@ -52,6 +52,39 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_
 return {1, math.floor((limit - new_tat) / interval), new_tat - now}
 ";
 
+/// KEYS[1] bucket; ARGV[1] interval in microseconds; ARGV[2] tolerance in microseconds (the
+/// burst beyond one slot: (burst - 1) * interval); ARGV[3] earliest send, microseconds from
+/// now; ARGV[4] longest wait in microseconds. GCRA that reserves: when the request's slot is
+/// within the longest wait, it is taken at once (so waiters are spread at the rate, not
+/// released together). Returns {granted, wait_us}.
+const RESERVE: &str = r"
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local not_before = now + tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat or tat < not_before then tat = not_before end
+local go = tat - tolerance
+if go < not_before then go = not_before end
+local wait = go - now
+if wait > tonumber(ARGV[4]) then
+  return {0, wait}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, wait}
+";
+
+/// The answer of [`Redis::reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The slot is taken: send after this wait.
+    Granted(Duration),
+    /// Nothing taken: the next slot is this far away, beyond the longest wait.
+    Refused(Duration),
+}
+
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
@@ -79,6 +112,7 @@ pub struct Redis {
     config: RedisConfig,
     connection: ArcSwapOption<ConnectionHolder>,
     script: Script,
+    reserve: Script,
     /// Consecutive errors of decisions that asked Redis.
     errors: AtomicU32,
     /// Failing fast: decisions do not ask Redis; a probe is running.
@@ -131,6 +165,7 @@ impl Redis {
             config,
             connection: ArcSwapOption::empty(),
             script: Script::new(GCRA),
+            reserve: Script::new(RESERVE),
             errors: AtomicU32::new(0),
             down: AtomicBool::new(false),
             available,
@@ -217,6 +252,35 @@ impl Redis {
             allowed: allowed == 1,
             remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
             reset: Duration::from_micros(reset_us.max(0) as u64),
+        })
+    }
+
+    /// Reserves the next slot of `key` at one per `interval` with `burst` at once, no earlier
+    /// than `not_before` from now, when it is within `max_wait` (GCRA in Redis, shared by every
+    /// process using `key`). Errors as for [`Redis::run`].
+    pub async fn reserve(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+        not_before: Duration,
+        max_wait: Duration,
+    ) -> Result<Reservation, GlobalError> {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let interval_us = us(interval).max(1);
+        let tolerance_us = interval_us.saturating_mul(u64::from(burst.saturating_sub(1)));
+        let args = [
+            interval_us.to_string().into_bytes(),
+            tolerance_us.to_string().into_bytes(),
+            us(not_before).to_string().into_bytes(),
+            us(max_wait).to_string().into_bytes(),
+        ];
+        let (granted, wait_us): (i64, i64) = self.run(&self.reserve, key, &args).await?;
+        let wait = Duration::from_micros(wait_us.max(0) as u64);
+        Ok(if granted == 1 {
+            Reservation::Granted(wait)
+        } else {
+            Reservation::Refused(wait)
         })
     }
 

@@ -1,0 +1,124 @@
+//! Compiles `upstreams.<name>.quota`: the learned part (`mode`, `max_wait`) and the declared
+//! egress rate (`rate`, `burst`, `scope`).
+//!
+//! Defaults live here; config/backstop.yaml documents the same values.
+
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use super::model::{DeclaredRate, QuotaConfig};
+use super::raw::RawQuota;
+use super::validate::{duration_or, Issues};
+use crate::policy::rate::{Rate, Scope};
+
+const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(200);
+const MAX_MAX_WAIT: Duration = Duration::from_secs(60);
+/// `burst` when the config does not say: one request at a time, evenly spaced at the rate.
+const DEFAULT_BURST: u32 = 1;
+
+/// `quota:` of the upstream at `path` (`upstreams.<name>.quota`). `has_redis`: whether the
+/// file has a `redis:` section.
+pub(crate) fn quota(
+    issues: &mut Issues,
+    path: &str,
+    raw: &Spanned<RawQuota>,
+    has_redis: bool,
+) -> QuotaConfig {
+    let q = &raw.value;
+    let queue = match q.mode.as_ref().map(|m| (m, m.value.trim())) {
+        None | Some((_, "queue")) => true,
+        Some((_, "reject")) => false,
+        Some((m, other)) => {
+            let message = format!("unknown mode {other:?}: expected queue or reject");
+            issues.unknown(
+                &format!("{path}.mode"),
+                m,
+                other,
+                message,
+                &["queue", "reject"],
+            );
+            true
+        }
+    };
+    let max_wait = duration_or(
+        issues,
+        &format!("{path}.max_wait"),
+        q.max_wait.as_ref(),
+        DEFAULT_MAX_WAIT,
+        MAX_MAX_WAIT,
+    );
+    QuotaConfig {
+        queue,
+        max_wait,
+        declared: declared(issues, path, q, has_redis),
+    }
+}
+
+/// `rate`, `burst` and `scope`; `burst` and `scope` mean nothing without `rate`.
+fn declared(
+    issues: &mut Issues,
+    path: &str,
+    q: &RawQuota,
+    has_redis: bool,
+) -> Option<DeclaredRate> {
+    let Some(text) = &q.rate else {
+        if let Some(b) = &q.burst {
+            let message = "burst needs rate: it is the bucket of a declared rate".into();
+            issues.at(&format!("{path}.burst"), b, message);
+        }
+        if let Some(s) = &q.scope {
+            let message = "scope needs rate: it says where a declared rate is shared".into();
+            issues.at(&format!("{path}.scope"), s, message);
+        }
+        return None;
+    };
+    let rate = Rate::parse(&text.value);
+    if rate.is_none() {
+        issues.at(
+            &format!("{path}.rate"),
+            text,
+            format!(
+                "invalid rate {:?}: expected N/s, N/m or N/h with N > 0, e.g. 300/s",
+                text.value
+            ),
+        );
+    }
+    let burst = match &q.burst {
+        Some(b) if b.value == 0 => {
+            issues.at(&format!("{path}.burst"), b, "must be at least 1".into());
+            DEFAULT_BURST
+        }
+        Some(b) => b.value,
+        None => DEFAULT_BURST,
+    };
+    let scope = match q.scope.as_ref().map(|s| (s, s.value.trim())) {
+        None | Some((_, "local")) => Scope::Local,
+        Some((s, "global")) => {
+            if !has_redis {
+                issues.at(
+                    &format!("{path}.scope"),
+                    s,
+                    "scope global needs a top-level redis: section".into(),
+                );
+            }
+            Scope::Global
+        }
+        Some((s, other)) => {
+            let message = format!("unknown scope {other:?}: expected local or global");
+            issues.unknown(
+                &format!("{path}.scope"),
+                s,
+                other,
+                message,
+                &["local", "global"],
+            );
+            Scope::Local
+        }
+    };
+    Some(DeclaredRate {
+        rate: rate?,
+        burst,
+        scope,
+    })
+}
