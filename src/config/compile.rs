@@ -61,7 +61,7 @@ pub(crate) fn compile(raw: &RawConfig, sha256: String) -> Result<Config, Vec<Con
     let upstreams: Vec<Upstream> = raw
         .upstreams
         .iter()
-        .map(|(name, up)| upstream(&mut issues, name, up))
+        .map(|(name, up)| upstream(&mut issues, name, up, raw.redis.is_some()))
         .collect();
     let routes = routes(
         &mut issues,
@@ -182,7 +182,7 @@ fn listener(
         .unwrap_or(fallback)
 }
 
-fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
+fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream, has_redis: bool) -> Upstream {
     let path = format!("upstreams.{name}");
     validate::name(
         issues,
@@ -278,10 +278,9 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream) -> Upstream {
         adaptive_concurrency: raw.adaptive_concurrency.as_ref().map(|a| {
             super::compile_adaptive::adaptive(issues, &format!("{path}.adaptive_concurrency"), a)
         }),
-        circuit_breaker: raw
-            .circuit_breaker
-            .as_ref()
-            .and_then(|b| compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b)),
+        circuit_breaker: raw.circuit_breaker.as_ref().and_then(|b| {
+            compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b, has_redis)
+        }),
         outlier_detection: raw
             .outlier_detection
             .as_ref()
@@ -535,10 +534,9 @@ fn route(
         allow_encoded_slashes: m.allow_encoded_slashes.unwrap_or(false),
         upstream: upstream?,
         timeout,
-        circuit_breaker: raw
-            .circuit_breaker
-            .as_ref()
-            .and_then(|b| compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b)),
+        circuit_breaker: raw.circuit_breaker.as_ref().and_then(|b| {
+            compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b, has_redis)
+        }),
         retry: raw
             .retry
             .as_ref()
