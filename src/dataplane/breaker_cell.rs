@@ -15,6 +15,10 @@
 //! The dataplane asks [`BreakerCell::check`], which names the refusal: `circuit_open`, or
 //! `circuit_half_open` when every probe slot is taken.
 //!
+//! Shared breakers (`shared: redis`, see [`super::shared_breaker`]): an open on this replica's
+//! own evidence is published in a task; a half-open probe claims its fleet slot
+//! ([`BreakerCell::claim`]) before it is sent; a passed fleet probe is counted in Redis.
+//!
 //! History: the cell keeps the last [`HISTORY`] transitions (wall-clock time, from, to, cause,
 //! the window counts at that moment) and the transition that started the current open episode
 //! (the original trip, kept through half_open and re-opens until the breaker closes). It lives

@@ -22,6 +22,12 @@
 //! dataplane shares it between requests, turns [`Admission`]s into responses and
 //! [`Transition`]s into log lines, metrics and history.
 //!
+//! # Shared by every replica
+//! With `shared: redis` this stays the replica's own state machine; the dataplane
+//! (`crate::dataplane::shared_breaker`) feeds it what the fleet decided: [`Breaker::adopt_open`]
+//! and [`Breaker::adopt_close`], and [`Breaker::record_fleet_probe`] for a probe whose slot was
+//! claimed fleet-wide (a pass does not close here: the fleet's count does).
+//!
 //! # No lock on the common path
 //! The state lives in one atomic word (the state in its low bits; when open, the end of the
 //! open period in nanoseconds since the breaker started above them). Closed, `admit` is one
