@@ -208,3 +208,42 @@ async fn without_redis_each_replica_decides_alone_and_publishes_when_it_returns(
     assert_eq!(call(&bins[1]).await, (503, "circuit_open".to_owned()));
     assert_eq!(backend.hits(), hits);
 }
+
+/// A reload that leaves the breaker's config as it was keeps its shared state: still open on
+/// the fleet's word, still connected, no new transition, nothing sent.
+#[tokio::test]
+async fn a_reload_keeps_the_shared_breakers_state() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::start(Behaviour::Status(503)).await;
+    let breaker = "      consecutive_failures: 2\n      open_for: 30s\n";
+    let file = config_file("reload", &redis, &backend, breaker);
+    let bins = [Binary::start(&file).await, Binary::start(&file).await];
+    let all: Vec<&Binary> = bins.iter().collect();
+    all_say(&all, CONNECTED, 1.0, Duration::from_secs(10)).await;
+    for _ in 0..2 {
+        call(&bins[0]).await;
+    }
+    all_say(&all, OPEN, 1.0, Duration::from_secs(2)).await;
+
+    // An unrelated change: a second route.
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!("{yaml}  - {{ name: other, upstream: pg, match: {{ path_prefix: /other }} }}\n"),
+    )
+    .unwrap();
+    bins[1].signal("-HUP");
+    eventually(Duration::from_secs(5), || async {
+        bins[1].logged(|l| l["message"] == "config reloaded")
+    })
+    .await;
+    let hits = backend.hits();
+    assert_eq!(call(&bins[1]).await, (503, "circuit_open".to_owned()));
+    assert_eq!(backend.hits(), hits);
+    let m = metrics(&bins[1]).await;
+    let opened =
+        r#"backstop_circuit_transitions_total{from="closed",route="",to="open",upstream="pg"}"#;
+    assert_eq!(sample(&m, opened), Some(1.0), "no new transition");
+    assert_eq!(sample(&m, CONNECTED), Some(1.0));
+    assert_eq!(sample(&m, OPEN), Some(1.0));
+}
