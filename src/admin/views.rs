@@ -360,6 +360,8 @@ pub struct BreakerView {
     pub half_open_requests: u32,
     /// What counts as a failure, as the config writes it (`connect-failure`, `5xx`, `429`).
     pub failure_on: Vec<String>,
+    /// `local`, or `redis` when every replica shares the breaker.
+    pub shared: crate::policy::breaker::Sharing,
 }
 
 /// `failure_rate:` of a breaker.
@@ -410,6 +412,7 @@ impl From<&BreakerConfig> for BreakerView {
             max_open_for_ms: ms(b.max_open_for),
             half_open_requests: b.half_open_requests,
             failure_on: failure_words(&b.failure_on),
+            shared: b.shared,
         }
     }
 }

@@ -182,7 +182,8 @@ fn listener(
         .unwrap_or(fallback)
 }
 
-/// `has_redis`: whether the file has a `redis:` section (`quota.scope: global` needs it).
+/// `has_redis`: whether the file has a `redis:` section (`quota.scope: global` and
+/// `circuit_breaker.shared: redis` need it).
 fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream, has_redis: bool) -> Upstream {
     let path = format!("upstreams.{name}");
     validate::name(
@@ -279,10 +280,9 @@ fn upstream(issues: &mut Issues, name: &str, raw: &RawUpstream, has_redis: bool)
         adaptive_concurrency: raw.adaptive_concurrency.as_ref().map(|a| {
             super::compile_adaptive::adaptive(issues, &format!("{path}.adaptive_concurrency"), a)
         }),
-        circuit_breaker: raw
-            .circuit_breaker
-            .as_ref()
-            .and_then(|b| compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b)),
+        circuit_breaker: raw.circuit_breaker.as_ref().and_then(|b| {
+            compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b, has_redis)
+        }),
         outlier_detection: raw
             .outlier_detection
             .as_ref()
@@ -518,10 +518,9 @@ fn route(
         allow_encoded_slashes: m.allow_encoded_slashes.unwrap_or(false),
         upstream: upstream?,
         timeout,
-        circuit_breaker: raw
-            .circuit_breaker
-            .as_ref()
-            .and_then(|b| compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b)),
+        circuit_breaker: raw.circuit_breaker.as_ref().and_then(|b| {
+            compile_policy::breaker(issues, &format!("{path}.circuit_breaker"), b, has_redis)
+        }),
         retry: raw
             .retry
             .as_ref()

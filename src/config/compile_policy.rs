@@ -13,7 +13,7 @@ use super::raw::{
     RawSli, RawSlo,
 };
 use super::validate::{duration_or, percent, percent_or_zero, Issues};
-use crate::policy::breaker::{BreakerConfig, RateCondition};
+use crate::policy::breaker::{BreakerConfig, RateCondition, Sharing};
 use crate::policy::classify::FailureSet;
 use crate::policy::outlier::OutlierConfig;
 use crate::policy::rate::{LimitKey, OnError, Rate, RateLimitConfig, Scope};
@@ -47,6 +47,7 @@ pub(crate) fn breaker(
     issues: &mut Issues,
     path: &str,
     raw: &Spanned<RawCircuitBreaker>,
+    has_redis: bool,
 ) -> Option<BreakerConfig> {
     let b = &raw.value;
     let mode = mode(issues, &format!("{path}.mode"), b.mode.as_ref());
@@ -152,8 +153,33 @@ pub(crate) fn breaker(
             }
         }
     };
+    let shared = match b.shared.as_ref().map(|s| (s, s.value.trim())) {
+        None | Some((_, "local")) => Sharing::Local,
+        Some((s, "redis")) => {
+            if !has_redis {
+                issues.at(
+                    &format!("{path}.shared"),
+                    s,
+                    "shared: redis needs a top-level redis: section".into(),
+                );
+            }
+            Sharing::Redis
+        }
+        Some((s, other)) => {
+            let message = format!("unknown shared {other:?}: expected local or redis");
+            issues.unknown(
+                &format!("{path}.shared"),
+                s,
+                other,
+                message,
+                &["local", "redis"],
+            );
+            Sharing::Local
+        }
+    };
     Some(BreakerConfig {
         mode,
+        shared,
         consecutive_failures,
         failure_rate,
         slow_call_duration,

@@ -435,6 +435,10 @@ pub struct RawCircuitBreaker {
     /// What counts as a failure.
     #[schemars(with = "Option<Vec<Scalar>>")]
     pub failure_on: Option<Vec<Text>>,
+    /// local (default) | redis: share opens, probes and closes with every replica through
+    /// the top-level `redis:`.
+    #[schemars(with = "Option<String>")]
+    pub shared: Option<Text>,
 }
 
 /// `failure_rate:`

@@ -15,6 +15,10 @@
 //! The dataplane asks [`BreakerCell::check`], which names the refusal: `circuit_open`, or
 //! `circuit_half_open` when every probe slot is taken.
 //!
+//! Shared breakers (`shared: redis`, see [`super::shared_breaker`]): an open on this replica's
+//! own evidence is published in a task; a half-open probe claims its fleet slot
+//! ([`BreakerCell::claim`]) before it is sent; a passed fleet probe is counted in Redis.
+//!
 //! History: the cell keeps the last [`HISTORY`] transitions (wall-clock time, from, to, cause,
 //! the window counts at that moment) and the transition that started the current open episode
 //! (the original trip, kept through half_open and re-opens until the breaker closes). It lives
@@ -30,10 +34,12 @@ use prometheus::{Gauge, IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::ratelimit::global::Redis;
 use super::rescue::ProxyError;
+use super::shared_breaker::{self, Claim, Shared};
 use crate::metrics::Metrics;
 use crate::policy::breaker::{
-    Admission, Breaker, BreakerConfig, Cause, StateName, Totals, Transition,
+    Admission, Breaker, BreakerConfig, Cause, Sharing, StateName, Totals, Transition,
 };
 use crate::policy::classify::{Call, FailureSet};
 use crate::policy::Mode;
@@ -54,6 +60,8 @@ pub struct BreakerCell {
     opened_at: Gauge,
     history: Mutex<History>,
     metrics: Metrics,
+    /// The state shared with the other replicas (`shared: redis`).
+    shared: Option<Shared>,
     /// Itself, for the timer that ends an open period.
     me: Weak<BreakerCell>,
 }
@@ -104,6 +112,11 @@ pub struct CircuitView {
     pub trip: Option<TransitionView>,
     /// The last transitions, oldest first.
     pub history: Vec<TransitionView>,
+    /// `local`, or `redis` when replicas share the breaker.
+    pub shared: Sharing,
+    /// Shared breakers: whether the last exchange with Redis succeeded (false: deciding
+    /// alone); null for a local breaker.
+    pub synced: Option<bool>,
 }
 
 /// The sliding window of a breaker.
@@ -208,6 +221,11 @@ struct Decision {
 pub struct Permit {
     cell: Arc<BreakerCell>,
     admission: Admission,
+    /// A shared breaker's probe: the fleet episode whose slot it holds (`None`: admitted by
+    /// the local count, or not claimed yet).
+    fleet: Option<u64>,
+    /// A shared breaker's probe that must claim a fleet slot before it is sent.
+    unclaimed: bool,
     done: bool,
 }
 
@@ -232,6 +250,10 @@ impl BreakerCell {
         let failure_on = config.failure_on.clone();
         let kept = config.clone();
         let breaker = Breaker::new(config, Instant::now(), rand::random());
+        let shared = (kept.shared == Sharing::Redis).then(|| {
+            let (connected, fallback) = metrics.circuit_shared(upstream, route);
+            Shared::new(upstream, route, connected, fallback)
+        });
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             upstream: upstream.to_owned(),
@@ -245,6 +267,7 @@ impl BreakerCell {
             opened_at: metrics.circuit_opened_at(upstream, route),
             history: Mutex::default(),
             metrics: metrics.clone(),
+            shared,
         })
     }
 
@@ -267,6 +290,9 @@ impl BreakerCell {
     }
 
     fn decide(self: &Arc<Self>, now: Instant) -> Decision {
+        if let Some(shared) = &self.shared {
+            shared.touch();
+        }
         let (admission, transition) = self.breaker.admit(now);
         if let Some(t) = transition {
             self.emit(&t);
@@ -287,6 +313,8 @@ impl BreakerCell {
             gate: Gate::Pass(Permit {
                 cell: self.clone(),
                 admission,
+                fleet: None,
+                unclaimed: admission == Admission::Probe && self.shared.is_some(),
                 done: false,
             }),
             half_open,
@@ -298,6 +326,65 @@ impl BreakerCell {
         let transition = self.breaker.tick(now);
         if let Some(t) = transition {
             self.emit(&t);
+        }
+    }
+
+    /// The breaker's shared side (`shared: redis`).
+    pub fn shared(&self) -> Option<&Shared> {
+        self.shared.as_ref()
+    }
+
+    /// The local state machine.
+    pub(crate) fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Gives a shared breaker the process's Redis client (again after a reload) and starts
+    /// its poller; nothing for a local breaker.
+    pub fn attach(self: &Arc<Self>, redis: Option<&Arc<Redis>>) {
+        shared_breaker::attach(self, redis);
+    }
+
+    /// A shared breaker's probe claims one of the fleet's half-open slots before it is sent
+    /// (one Redis round trip, half_open only); any other permit passes as it is. Refused:
+    /// `circuit_half_open`, or `circuit_open` while the fleet's open period runs.
+    pub async fn claim(mut permit: Permit) -> Result<Permit, ProxyError> {
+        if !permit.unclaimed {
+            return Ok(permit);
+        }
+        permit.unclaimed = false;
+        let cell = permit.cell.clone();
+        let Some(shared) = cell.shared() else {
+            return Ok(permit);
+        };
+        match shared_breaker::claim(&cell, shared).await {
+            Claim::Fleet(episode) => {
+                permit.fleet = Some(episode);
+                Ok(permit)
+            }
+            Claim::Local => Ok(permit),
+            Claim::Refused => {
+                cell.rejected.inc();
+                if cell.mode == Mode::Shadow {
+                    // Shadow never refuses: the request goes as a probe of this replica.
+                    return Ok(permit);
+                }
+                drop(permit);
+                Err(ProxyError::CircuitHalfOpen {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+            Claim::Closed => {
+                drop(permit);
+                let now = Instant::now();
+                let reason = "closed by another replica: the fleet's probes passed".to_owned();
+                if let Some(t) = cell.breaker.adopt_close(now, reason, Cause::PeerClosed) {
+                    cell.emit(&t);
+                }
+                let mut permit = cell.check(now)?;
+                permit.unclaimed = false;
+                Ok(permit)
+            }
         }
     }
 
@@ -357,6 +444,8 @@ impl BreakerCell {
             opened_at: trip.as_ref().map(|t: &TransitionView| t.at.clone()),
             trip,
             history,
+            shared: self.config.shared,
+            synced: self.shared.as_ref().map(Shared::synced),
         }
     }
 
@@ -381,7 +470,7 @@ impl BreakerCell {
         self.breaker.state()
     }
 
-    fn emit(&self, t: &Transition) {
+    pub(crate) fn emit(&self, t: &Transition) {
         tracing::warn!(
             upstream = %self.upstream,
             route = %self.route,
@@ -427,7 +516,28 @@ impl BreakerCell {
         }
         if t.to == StateName::Open {
             self.end_open_period_on_time();
+            self.publish(t.cause);
         }
+    }
+
+    /// A shared breaker that opened on this replica's own evidence tells the others (in a
+    /// task: the request that tripped it does not wait on Redis). Opens learned from the
+    /// fleet and admin actions are not published.
+    fn publish(&self, cause: Cause) {
+        let Some(shared) = &self.shared else { return };
+        if matches!(cause, Cause::PeerOpened | Cause::ForcedOpen) {
+            return;
+        }
+        shared.opened_locally();
+        let (Ok(runtime), Some(cell)) = (tokio::runtime::Handle::try_current(), self.me.upgrade())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Some(shared) = cell.shared() {
+                shared_breaker::publish(&cell, shared).await;
+            }
+        });
     }
 
     /// Starts the timer that moves this breaker to half_open when its open period ends (no
@@ -470,9 +580,26 @@ impl Permit {
     /// Records the outcome of the call this permit admitted.
     pub fn record(mut self, call: Call, now: Instant) {
         self.done = true;
-        let transition = self.cell.breaker.record(self.admission, call, now);
+        let Some(episode) = self.fleet else {
+            let transition = self.cell.breaker.record(self.admission, call, now);
+            if let Some(t) = transition {
+                self.cell.emit(&t);
+            }
+            return;
+        };
+        // A fleet probe: a failure opens here (and publishes); a pass is counted in Redis,
+        // which decides the close.
+        let (transition, passed) = self.cell.breaker.record_fleet_probe(call, now);
         if let Some(t) = transition {
             self.cell.emit(&t);
+        }
+        let cell = self.cell.clone();
+        if let (true, Ok(runtime)) = (passed, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                if let Some(shared) = cell.shared() {
+                    shared_breaker::pass(&cell, shared, episode).await;
+                }
+            });
         }
     }
 }
@@ -481,6 +608,16 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if !self.done && self.admission == Admission::Probe {
             self.cell.breaker.cancel_probe();
+            let cell = self.cell.clone();
+            if let (Some(episode), Ok(runtime)) =
+                (self.fleet, tokio::runtime::Handle::try_current())
+            {
+                runtime.spawn(async move {
+                    if let Some(shared) = cell.shared() {
+                        shared_breaker::release(shared, episode).await;
+                    }
+                });
+            }
         }
     }
 }
@@ -501,6 +638,7 @@ mod tests {
             max_open_for: Duration::from_secs(60),
             half_open_requests: 1,
             failure_on: FailureSet::default(),
+            shared: crate::policy::breaker::Sharing::Local,
         }
     }
 

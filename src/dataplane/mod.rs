@@ -31,6 +31,7 @@ pub mod rescue;
 pub mod router;
 pub mod server;
 pub mod settle;
+pub mod shared_breaker;
 pub mod stall;
 pub mod tasks;
 pub mod upgrade;

@@ -111,6 +111,8 @@ struct Families {
     circuit_rejected: IntCounterVec,
     circuit_transition_reasons: IntCounterVec,
     circuit_opened_at: GaugeVec,
+    circuit_shared_connected: IntGaugeVec,
+    circuit_shared_fallback: IntCounterVec,
     endpoint_ejected: IntGaugeVec,
     endpoint_ejections: IntCounterVec,
     upstream_in_flight: IntGaugeVec,
@@ -220,6 +222,8 @@ impl Metrics {
             circuit_rejected: counters(r, names::CIRCUIT_REJECTED_TOTAL, "Requests rejected (enforce) or that would have been rejected (shadow) by a breaker.", &["upstream", "route", "mode"]),
             circuit_transition_reasons: counters(r, names::CIRCUIT_TRANSITION_REASONS_TOTAL, "Circuit breaker state transitions by reason.", &["upstream", "route", "from", "to", "reason"]),
             circuit_opened_at: float_gauges(r, names::CIRCUIT_OPENED_AT, "Unix time the breaker last opened from closed; 0 if it never opened.", &["upstream", "route"]),
+            circuit_shared_connected: gauges(r, names::CIRCUIT_SHARED_CONNECTED, "Shared breaker (shared: redis): 1 while its last exchange with Redis succeeded, 0 while it decides alone.", &["upstream", "route"]),
+            circuit_shared_fallback: counters(r, names::CIRCUIT_SHARED_FALLBACK_TOTAL, "Shared breaker (shared: redis): exchanges with Redis that failed, after which it went on with its local state.", &["upstream", "route"]),
             endpoint_ejected: gauges(r, names::ENDPOINT_EJECTED, "1 while outlier detection has the endpoint ejected.", &["upstream", "endpoint"]),
             endpoint_ejections: counters(r, names::ENDPOINT_EJECTIONS_TOTAL, "Outlier ejections per endpoint.", &["upstream", "endpoint"]),
             upstream_in_flight: gauges(r, names::UPSTREAM_IN_FLIGHT, "Requests in flight to the upstream.", &["upstream"]),
@@ -312,6 +316,22 @@ impl Metrics {
         self.0
             .circuit_opened_at
             .with_label_values(&[upstream, route])
+    }
+
+    /// A shared breaker's connected gauge and fallback counter.
+    pub fn circuit_shared(
+        &self,
+        upstream: &str,
+        route: &str,
+    ) -> (IntGauge, prometheus::IntCounter) {
+        (
+            self.0
+                .circuit_shared_connected
+                .with_label_values(&[upstream, route]),
+            self.0
+                .circuit_shared_fallback
+                .with_label_values(&[upstream, route]),
+        )
     }
 
     /// The rejection counter of a breaker in a mode.

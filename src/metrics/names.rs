@@ -23,7 +23,7 @@ pub const CIRCUIT_STATE: &str = "backstop_circuit_state";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "backstop_circuit_transitions_total";
 /// Breaker transitions by upstream, route, from, to and reason (a bounded snake_case set:
 /// consecutive_failures, failure_rate, slow_call_rate, probe_failed, probe_slow, probes_passed,
-/// open_period_elapsed, forced_open, forced_closed, reset). A separate family because
+/// open_period_elapsed, forced_open, forced_closed, reset, peer_opened, peer_closed). A separate family because
 /// `backstop_circuit_transitions_total` keeps its label set.
 pub const CIRCUIT_TRANSITION_REASONS_TOTAL: &str = "backstop_circuit_transition_reasons_total";
 /// Unix time a breaker last opened from closed (the start of its latest open episode); 0 if it
@@ -31,6 +31,12 @@ pub const CIRCUIT_TRANSITION_REASONS_TOTAL: &str = "backstop_circuit_transition_
 pub const CIRCUIT_OPENED_AT: &str = "backstop_circuit_opened_at_timestamp_seconds";
 /// Requests a breaker rejected (enforce) or would have rejected (shadow).
 pub const CIRCUIT_REJECTED_TOTAL: &str = "backstop_circuit_rejected_total";
+/// Shared breakers (`shared: redis`): 1 while the breaker's last exchange with Redis (publish,
+/// poll, probe claim) succeeded; 0 while it decides alone.
+pub const CIRCUIT_SHARED_CONNECTED: &str = "backstop_circuit_shared_connected";
+/// Shared breakers: exchanges with Redis that failed, after which the breaker went on with its
+/// local state (a local open unpublished, a poll missed, a probe admitted by the local count).
+pub const CIRCUIT_SHARED_FALLBACK_TOTAL: &str = "backstop_circuit_shared_fallback_total";
 /// 1 while an endpoint is ejected by outlier detection.
 pub const ENDPOINT_EJECTED: &str = "backstop_endpoint_ejected";
 /// Ejections per endpoint.

@@ -26,6 +26,7 @@ use crate::dataplane::ratelimit::global::Redis;
 use crate::dataplane::upstream::LiveUpstream;
 use crate::metrics::handles::RouteMetrics;
 use crate::metrics::Metrics;
+use crate::policy::breaker::{BreakerConfig, Sharing};
 use crate::policy::rate::Scope;
 use crate::slo::live::Slos;
 
@@ -59,8 +60,9 @@ impl Snapshot {
         metrics: &Metrics,
         previous: Option<&Snapshot>,
     ) -> Result<Self, ClientError> {
-        // Connect only when a route or an upstream's quota needs it: a redis: section alone
-        // starts nothing.
+        // Connect only when a route, an upstream's quota or a shared breaker needs it: a
+        // redis: section alone starts nothing.
+        let shared = |b: Option<&BreakerConfig>| b.is_some_and(|b| b.shared == Sharing::Redis);
         let global = config.routes.iter().any(|r| {
             r.rate_limit
                 .as_ref()
@@ -68,10 +70,12 @@ impl Snapshot {
                 || r.idempotency
                     .as_ref()
                     .is_some_and(|i| i.store == crate::config::IdempotencyStore::Redis)
+                || shared(r.circuit_breaker.as_ref())
         }) || config.upstreams.iter().any(|u| {
-            u.quota
-                .and_then(|q| q.declared)
-                .is_some_and(|d| d.scope == Scope::Global)
+            shared(u.circuit_breaker.as_ref())
+                || u.quota
+                    .and_then(|q| q.declared)
+                    .is_some_and(|d| d.scope == Scope::Global)
         });
         let redis = match previous {
             Some(p) if global && p.redis.is_some() && p.config.redis == config.redis => {
@@ -109,7 +113,7 @@ impl Snapshot {
             redis: redis.as_ref(),
             redis_same: previous.is_some_and(|p| p.config.redis == config.redis),
         };
-        let routes = config
+        let routes: Vec<LiveRoute> = config
             .routes
             .iter()
             .map(|r| {
@@ -118,6 +122,11 @@ impl Snapshot {
                 LiveRoute::build(r, before, &cx)
             })
             .collect();
+        // Shared breakers (kept ones too) use this snapshot's client.
+        let breakers = upstreams.iter().filter_map(|u| u.breaker.as_ref());
+        for cell in breakers.chain(routes.iter().filter_map(|r| r.breaker.as_ref())) {
+            cell.attach(redis.as_ref());
+        }
         Ok(Self {
             slos: Slos::new(
                 &config.slos,

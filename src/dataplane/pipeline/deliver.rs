@@ -146,7 +146,11 @@ async fn attempts(
         attempt_number += 1;
         let now = Instant::now();
         // Stages 4 to 6: breaker admission, bulkhead, endpoint choice.
-        let target = match target::choose(&snapshot, route_index, &trail.tried, trail.pin, now) {
+        let chosen = target::choose(&snapshot, route_index, &trail.tried, trail.pin, now);
+        let target = match match chosen {
+            Ok(target) => target.claimed().await,
+            Err(error) => Err(error),
+        } {
             Ok(target) => target,
             Err(error) => {
                 let response = answer::refuse(ex, Some(route.upstream), error);

@@ -37,6 +37,17 @@ pub struct Target {
     pub passed_over: Option<&'static str>,
 }
 
+impl Target {
+    /// A shared breaker's half-open probe claims its fleet slot (one Redis round trip); any
+    /// other target passes as it is. A refusal hands back every permit it holds.
+    pub async fn claimed(mut self) -> Result<Target, ProxyError> {
+        if let Some(permit) = self.permit.take() {
+            self.permit = Some(BreakerCell::claim(permit).await?);
+        }
+        Ok(self)
+    }
+}
+
 /// Where a request that may have been delivered must stay: the upstream (provider) and
 /// priority group that saw it. Only attempts that provably were never written may move on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,7 +32,11 @@ pub async fn deliver(ex: &mut Exchange, mut req: Request<Incoming>) -> Response<
         upgrade::keep_upgrade_headers(&mut parts.headers, protocol);
     }
     let (body, watch) = ClientBody::new(body, snapshot.config.server.client_body_timeout);
-    let target = match target::choose(&snapshot, route_index, &[], None, Instant::now()) {
+    let chosen = target::choose(&snapshot, route_index, &[], None, Instant::now());
+    let target = match match chosen {
+        Ok(target) => target.claimed().await,
+        Err(error) => Err(error),
+    } {
         Ok(target) => target,
         Err(error) => {
             let response = answer::refuse(ex, Some(route.upstream), error);

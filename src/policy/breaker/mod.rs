@@ -22,6 +22,12 @@
 //! dataplane shares it between requests, turns [`Admission`]s into responses and
 //! [`Transition`]s into log lines, metrics and history.
 //!
+//! # Shared by every replica
+//! With `shared: redis` this stays the replica's own state machine; the dataplane
+//! (`crate::dataplane::shared_breaker`) feeds it what the fleet decided: [`Breaker::adopt_open`]
+//! and [`Breaker::adopt_close`], and [`Breaker::record_fleet_probe`] for a probe whose slot was
+//! claimed fleet-wide (a pass does not close here: the fleet's count does).
+//!
 //! # No lock on the common path
 //! The state lives in one atomic word (the state in its low bits; when open, the end of the
 //! open period in nanoseconds since the breaker started above them). Closed, `admit` is one
@@ -80,6 +86,30 @@ pub struct BreakerConfig {
     pub half_open_requests: u32,
     /// What counts as a failure.
     pub failure_on: FailureSet,
+    /// Whether replicas share this breaker (`shared: redis`).
+    pub shared: Sharing,
+}
+
+/// Where a breaker's decisions are shared (`circuit_breaker.shared`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharing {
+    /// Each replica's breaker learns and probes alone.
+    #[default]
+    Local,
+    /// Replicas share opens, half-open probe slots and closes through the top-level `redis:`
+    /// (see `crate::dataplane::shared_breaker`); this state machine stays the local one.
+    Redis,
+}
+
+impl Sharing {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sharing::Local => "local",
+            Sharing::Redis => "redis",
+        }
+    }
 }
 
 /// The three states.
@@ -140,11 +170,15 @@ pub enum Cause {
     ForcedClosed,
     /// Reset through the admin API.
     Reset,
+    /// Another replica opened the shared breaker (`shared: redis`).
+    PeerOpened,
+    /// Another replica's probes passed: the shared breaker closed (`shared: redis`).
+    PeerClosed,
 }
 
 impl Cause {
     /// Every cause, in declaration order.
-    pub const ALL: [Cause; 11] = [
+    pub const ALL: [Cause; 13] = [
         Cause::Started,
         Cause::ConsecutiveFailures,
         Cause::FailureRate,
@@ -156,6 +190,8 @@ impl Cause {
         Cause::ForcedOpen,
         Cause::ForcedClosed,
         Cause::Reset,
+        Cause::PeerOpened,
+        Cause::PeerClosed,
     ];
 
     /// The label value (snake_case, as serialized).
@@ -172,6 +208,8 @@ impl Cause {
             Cause::ForcedOpen => "forced_open",
             Cause::ForcedClosed => "forced_closed",
             Cause::Reset => "reset",
+            Cause::PeerOpened => "peer_opened",
+            Cause::PeerClosed => "peer_closed",
         }
     }
 }
@@ -461,8 +499,74 @@ impl Breaker {
             .is_some_and(|d| call.elapsed >= d);
         match admission {
             Admission::Allow => self.record_closed(failure, slow, now),
-            Admission::Probe => self.record_probe(failure, slow, call, now),
+            Admission::Probe => self.record_probe(failure, slow, call, now, false).0,
             Admission::Reject { .. } => None,
+        }
+    }
+
+    /// Shared breakers: records a probe whose slot was claimed from the whole fleet. A failure
+    /// or a slow call opens, as [`Breaker::record`] does; a success only frees the local slot,
+    /// since the fleet's count of passed probes decides the close ([`Breaker::adopt_close`]).
+    /// Returns the transition, if any, and whether the probe passed.
+    pub fn record_fleet_probe(&self, call: Call, now: Instant) -> (Option<Transition>, bool) {
+        let failure = self.config.failure_on.is_failure(call.result);
+        let slow = self
+            .config
+            .slow_call_duration
+            .is_some_and(|d| call.elapsed >= d);
+        self.record_probe(failure, slow, call, now, true)
+    }
+
+    /// Shared breakers: another replica opened (or the fleet's open period is `remaining`).
+    /// Closed or half_open, opens until `now + remaining` (zero: probing is due now). Already
+    /// open, the end of its open period moves to the fleet's, with no transition. A breaker
+    /// forced open by the admin API stays as it is.
+    pub fn adopt_open(&self, now: Instant, remaining: Duration) -> Option<Transition> {
+        let mut s = self.lock();
+        let until = now + remaining;
+        match s.state {
+            State::Open { forced: true, .. } => None,
+            State::Open { forced: false, .. } => {
+                s.state = State::Open {
+                    until,
+                    forced: false,
+                };
+                self.word.store(self.word_of(&s.state), Ordering::Release);
+                None
+            }
+            State::Closed | State::HalfOpen { .. } => {
+                s.reopens += 1;
+                let reason = format!("opened by another replica; open for {}", human(remaining));
+                let to = State::Open {
+                    until,
+                    forced: false,
+                };
+                Some(self.go(&mut s, to, now, reason, Cause::PeerOpened))
+            }
+        }
+    }
+
+    /// Shared breakers: the fleet closed (its probes passed). Closes unless already closed or
+    /// forced open by the admin API.
+    pub fn adopt_close(&self, now: Instant, reason: String, cause: Cause) -> Option<Transition> {
+        let mut s = self.lock();
+        match s.state {
+            State::Closed | State::Open { forced: true, .. } => None,
+            _ => Some(self.close(&mut s, now, reason, cause)),
+        }
+    }
+
+    /// Shared breakers that cannot reach Redis: closes when this replica's own probes
+    /// (recorded with [`Breaker::record_fleet_probe`]) number `half_open_requests`, as a local
+    /// breaker would.
+    pub fn close_if_probes_passed(&self, now: Instant) -> Option<Transition> {
+        let mut s = self.lock();
+        match s.state {
+            State::HalfOpen { succeeded, .. } if succeeded >= self.config.half_open_requests => {
+                let reason = format!("{succeeded} of {succeeded} probe(s) succeeded");
+                Some(self.close(&mut s, now, reason, Cause::ProbesPassed))
+            }
+            _ => None,
         }
     }
 
@@ -472,7 +576,9 @@ impl Breaker {
         slow: bool,
         call: Call,
         now: Instant,
-    ) -> Option<Transition> {
+        fleet: bool,
+    ) -> (Option<Transition>, bool) {
+        let passed = !(failure || slow);
         let mut s = self.lock();
         let State::HalfOpen {
             in_flight,
@@ -480,9 +586,9 @@ impl Breaker {
         } = s.state
         else {
             // A probe admitted in an earlier half-open period finished late.
-            return None;
+            return (None, passed);
         };
-        if failure || slow {
+        let transition = if failure || slow {
             let (what, cause) = if failure {
                 ("failed", Cause::ProbeFailed)
             } else {
@@ -490,7 +596,7 @@ impl Breaker {
             };
             let reason = format!("probe {what} ({})", describe(call));
             Some(self.open(&mut s, now, reason, cause))
-        } else if succeeded + 1 >= self.config.half_open_requests {
+        } else if !fleet && succeeded + 1 >= self.config.half_open_requests {
             let n = succeeded + 1;
             let reason = format!("{n} of {n} probe(s) succeeded");
             Some(self.close(&mut s, now, reason, Cause::ProbesPassed))
@@ -500,7 +606,8 @@ impl Breaker {
                 succeeded: succeeded + 1,
             };
             None
-        }
+        };
+        (transition, passed)
     }
 
     /// A probe that was admitted but never completed (the client went away).

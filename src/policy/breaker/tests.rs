@@ -22,6 +22,7 @@ fn config() -> BreakerConfig {
         max_open_for: 120 * S,
         half_open_requests: 3,
         failure_on: FailureSet::default(),
+        shared: Sharing::Local,
     }
 }
 
@@ -494,4 +495,74 @@ fn transitions_carry_cause_and_counts() {
     assert_eq!(b.force_open(later).unwrap().cause, Cause::ForcedOpen);
     assert_eq!(b.force_close(later).unwrap().cause, Cause::ForcedClosed);
     assert_eq!(b.since().2, Cause::ForcedClosed);
+}
+
+/// Shared breakers: an open learned from the fleet opens for the fleet's remaining period (a
+/// second adoption only moves its end); a forced open is left alone.
+#[test]
+fn adopting_the_fleets_open() {
+    let t0 = Instant::now();
+    let b = Breaker::new(consecutive(5), t0, 1);
+    let t = b.adopt_open(t0, 4 * S).unwrap();
+    assert_eq!(
+        (t.from, t.to, t.cause),
+        (StateName::Closed, StateName::Open, Cause::PeerOpened)
+    );
+    assert_eq!(b.next_probe_in(t0), Some(4 * S));
+    assert_eq!(b.adopt_open(t0, 2 * S), None, "already open: no transition");
+    assert_eq!(b.next_probe_in(t0), Some(2 * S), "the fleet's end");
+    assert_eq!(b.state_at(t0 + 2 * S), StateName::HalfOpen);
+    let forced = Breaker::new(consecutive(5), t0, 1);
+    forced.force_open(t0);
+    assert_eq!(forced.adopt_open(t0, S), None);
+    assert_eq!(forced.next_probe_in(t0), None, "still forced open");
+    assert_eq!(
+        forced.adopt_close(t0, "x".into(), Cause::PeerClosed),
+        None,
+        "a forced open stays"
+    );
+}
+
+/// Shared breakers: a passed fleet probe frees its local slot but does not close (the fleet's
+/// count does, through adopt_close); a failed one opens as a local probe would. Without Redis,
+/// the local count closes.
+#[test]
+fn fleet_probes_leave_the_close_to_the_fleet() {
+    let t0 = Instant::now();
+    let b = Breaker::new(
+        BreakerConfig {
+            half_open_requests: 1,
+            ..consecutive(1)
+        },
+        t0,
+        3,
+    );
+    b.adopt_open(t0, Duration::ZERO);
+    let (a, _) = b.admit(t0);
+    assert_eq!(a, Admission::Probe);
+    let (t, passed) = b.record_fleet_probe(ok(), t0);
+    assert!(passed && t.is_none(), "no local close: {t:?}");
+    assert_eq!(b.state(), StateName::HalfOpen);
+    let t = b
+        .adopt_close(t0, "fleet".into(), Cause::ProbesPassed)
+        .unwrap();
+    assert_eq!((t.from, t.to), (StateName::HalfOpen, StateName::Closed));
+    assert_eq!(b.adopt_close(t0, "again".into(), Cause::PeerClosed), None);
+
+    b.adopt_open(t0, Duration::ZERO);
+    let (a, _) = b.admit(t0);
+    assert_eq!(a, Admission::Probe);
+    let (t, passed) = b.record_fleet_probe(fail(), t0);
+    assert!(!passed);
+    assert_eq!(
+        t.map(|t| (t.to, t.cause)),
+        Some((StateName::Open, Cause::ProbeFailed))
+    );
+
+    let later = t0 + 600 * S;
+    let (a, _) = b.admit(later);
+    assert_eq!(a, Admission::Probe);
+    b.record_fleet_probe(ok(), later);
+    let t = b.close_if_probes_passed(later).unwrap();
+    assert_eq!((t.to, t.cause), (StateName::Closed, Cause::ProbesPassed));
 }
