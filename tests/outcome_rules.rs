@@ -8,9 +8,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
-use support::{eventually, metrics, proxy, sample, send, Backend, Behaviour};
+use support::{eventually, metrics, proxy, sample, Backend, Behaviour};
 
 const TIMEOUT_BODY: &str = r#"{"code":"PG_TIMEOUT","message":"acquirer did not answer"}"#;
 const OK_BODY: &str = r#"{"code":"OK","payment":"p_1"}"#;
@@ -31,14 +29,6 @@ fn config(gateway: &Backend, rules: &str, upstream_extra: &str, route_extra: &st
 
 const RETRY: &str =
     "    retry: { attempts: 3, on: [5xx], backoff: { base: 1ms, max: 1ms }, budget: { ratio: 100%, min_per_second: 100 } }\n";
-
-async fn post(url: &str, key: Option<&str>) -> support::Answer {
-    let mut req = Request::post(url);
-    if let Some(key) = key {
-        req = req.header("idempotency-key", key);
-    }
-    send(req.body(Full::new(Bytes::from_static(b"{}"))).unwrap()).await
-}
 
 #[tokio::test]
 async fn a_gateway_error_in_a_200_is_retried_and_counted_by_its_rule() {
@@ -80,7 +70,7 @@ async fn a_post_is_retried_after_a_judged_failure_only_with_an_idempotency_key()
     let app = proxy(&config(&gateway, RULES, keyed, RETRY)).await;
     let url = format!("http://{}/charge", app.proxy_addr());
 
-    let answer = post(&url, None).await;
+    let answer = support::post_keyed(&url, None).await;
     assert_eq!(answer.json()["code"], "PG_TIMEOUT");
     assert_eq!(
         gateway.hits(),
@@ -88,7 +78,7 @@ async fn a_post_is_retried_after_a_judged_failure_only_with_an_idempotency_key()
         "delivered once: no key, no second delivery"
     );
 
-    let answer = post(&url, Some("k-1")).await;
+    let answer = support::post_keyed(&url, Some("k-1")).await;
     assert_eq!(answer.json()["code"], "PG_TIMEOUT", "every attempt failed");
     assert_eq!(
         gateway.hits(),

@@ -570,6 +570,8 @@ pub struct RouteView {
     pub upgrade: Option<UpgradeView>,
     /// The idempotency layer; `null` when not configured.
     pub idempotency: Option<IdempotencyView>,
+    /// Hedged requests; `null` when not configured.
+    pub hedge: Option<HedgeView>,
 }
 
 /// `match:` of a route.
@@ -628,6 +630,34 @@ pub struct WhenBurningView {
     pub window_ms: u64,
     /// Retry budget ratio meanwhile, 0 to 1.
     pub budget_ratio: f64,
+}
+
+/// `routes[].hedge`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HedgeView {
+    /// A fixed delay in milliseconds; `null` when `after` is a percentile.
+    pub after_ms: Option<u64>,
+    /// The latency percentile (e.g. 95.0) `after` follows; `null` for a fixed delay.
+    pub after_percentile: Option<f64>,
+    /// Most hedges per request.
+    pub max_extra: u32,
+    /// Hedges as a share of requests, 0-1.
+    pub budget: f64,
+}
+
+impl From<&crate::config::Hedge> for HedgeView {
+    fn from(h: &crate::config::Hedge) -> Self {
+        let (after_ms, after_percentile) = match h.after {
+            crate::config::HedgeAfter::Fixed(d) => (Some(ms(d)), None),
+            crate::config::HedgeAfter::Percentile(q) => (None, Some(q * 100.0)),
+        };
+        Self {
+            after_ms,
+            after_percentile,
+            max_extra: h.max_extra,
+            budget: h.budget,
+        }
+    }
 }
 
 /// `routes[].idempotency`.
@@ -846,6 +876,7 @@ fn route_view(config: &Config, r: &Route) -> RouteView {
         upgrade: r.upgrade.map(|u| match u {
             Upgrade::Websocket => UpgradeView::Websocket,
         }),
+        hedge: r.hedge.as_ref().map(HedgeView::from),
         idempotency: r.idempotency.as_ref().map(|i| IdempotencyView {
             header: i.header.to_string(),
             store: match i.store {

@@ -509,7 +509,7 @@ fn route(
             }
         })
         .collect();
-    Some(Route {
+    let mut route = Route {
         name: raw.name.value.clone(),
         host,
         path_prefix,
@@ -542,7 +542,16 @@ fn route(
                 has_redis,
             )
         }),
-    })
+        hedge: None,
+    };
+    if let Some(h) = &raw.hedge {
+        let keyed = upstreams
+            .get(&raw.upstream.value)
+            .is_some_and(|u| u.idempotency_key.is_some());
+        route.hedge =
+            super::compile_hedge::hedge(issues, &format!("{path}.hedge"), h, &route, keyed);
+    }
+    Some(route)
 }
 
 /// `upgrade:` on a route: `websocket` is the only value.

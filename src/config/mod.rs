@@ -5,6 +5,7 @@
 
 mod compile;
 mod compile_adaptive;
+mod compile_hedge;
 mod compile_idempotency;
 mod compile_metrics;
 mod compile_outcome;
@@ -30,8 +31,8 @@ pub use error::{ConfigError, ConfigIssue, Position};
 pub use lint::{lint, Finding, RULES as LINT_RULES};
 pub use model::{
     AccessLog, Cidr, Config, DeclaredRate, Endpoint, FingerprintParts, GeneratedKey, HealthCheck,
-    HostMatch, Idempotency, IdempotencyStore, LoadBalancing, QuotaConfig, RedisConfig, Route,
-    ServerLimits, Tls, Upgrade, Upstream, UpstreamProtocol,
+    Hedge, HedgeAfter, HostMatch, Idempotency, IdempotencyStore, LoadBalancing, QuotaConfig,
+    RedisConfig, Route, ServerLimits, Tls, Upgrade, Upstream, UpstreamProtocol,
 };
 pub use redact::redact_url;
 

@@ -338,6 +338,28 @@ pub struct Route {
     pub upgrade: Option<Upgrade>,
     /// The idempotency layer; `None` passes keys through untouched.
     pub idempotency: Option<Idempotency>,
+    /// Hedged requests; `None` sends one attempt at a time.
+    pub hedge: Option<Hedge>,
+}
+
+/// `routes[].hedge`: a second attempt when the first is slow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hedge {
+    /// When the extra attempt goes.
+    pub after: HedgeAfter,
+    /// Most extra attempts per request.
+    pub max_extra: u32,
+    /// Extra attempts as a share of requests.
+    pub budget: f64,
+}
+
+/// How long an attempt may take before a hedge follows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HedgeAfter {
+    /// A fixed delay.
+    Fixed(Duration),
+    /// This quantile (0.5-0.999) of the route's recent attempt latency.
+    Percentile(f64),
 }
 
 /// `routes[].idempotency`: requests with a key are delivered at most once per key.

@@ -627,6 +627,26 @@ pub struct RawRoute {
     /// stored response.
     #[schemars(with = "Option<RawIdempotency>")]
     pub idempotency: Option<Spanned<RawIdempotency>>,
+    /// Hedged requests: a slow attempt gets a second one to another endpoint of the same
+    /// upstream; the first answer wins.
+    #[schemars(with = "Option<RawHedge>")]
+    pub hedge: Option<Spanned<RawHedge>>,
+}
+
+/// `hedge:` on a route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHedge {
+    /// A fixed delay (`50ms`) or a percentile of the route's recent attempt latency (`p95`,
+    /// the default).
+    #[schemars(with = "Option<String>")]
+    pub after: Option<Text>,
+    /// Most extra attempts per request, 1-4 (default 1).
+    #[schemars(with = "Option<u32>")]
+    pub max_extra: Option<Spanned<u32>>,
+    /// Hedges as a share of requests over 10s (default 5%).
+    #[schemars(with = "Option<String>")]
+    pub budget: Option<Text>,
 }
 
 /// `retry:`

@@ -16,6 +16,7 @@ pub mod connection;
 pub mod ejection;
 pub mod forward;
 pub mod health;
+pub mod hedge_cell;
 pub mod idempotency;
 pub mod io_error;
 pub mod load;

@@ -105,6 +105,7 @@ struct Families {
     duration: Mutex<(Vec<f64>, HistogramVec, HistogramVec)>,
     attempts: IntCounterVec,
     outcome_rules: IntCounterVec,
+    hedges: IntCounterVec,
     in_flight: IntGauge,
     circuit_state: IntGaugeVec,
     circuit_transitions: IntCounterVec,
@@ -216,6 +217,7 @@ impl Metrics {
             duration: Mutex::new((DURATION_BUCKETS.to_vec(), duration, upstream_duration)),
             attempts,
             outcome_rules: counters(r, names::OUTCOME_RULE_TOTAL, "Upstream answers an outcome rule judged, by rule and verdict.", &["upstream", "rule", "outcome"]),
+            hedges: counters(r, names::HEDGES_TOTAL, "Hedged attempts per route: sent, won (answered first), and the ones not sent: budget_exhausted, slo_burning, no_endpoint.", &["route", "result"]),
             in_flight,
             circuit_state: gauges(r, names::CIRCUIT_STATE, "Circuit breaker state, one-hot over closed, open, half_open.", &["upstream", "route", "state"]),
             circuit_transitions: counters(r, names::CIRCUIT_TRANSITIONS_TOTAL, "Circuit breaker state transitions.", &["upstream", "route", "from", "to"]),
@@ -430,6 +432,11 @@ impl Metrics {
     /// Counts a retry.
     pub fn retry(&self, route: &str, reason: &str) {
         self.0.retries.with_label_values(&[route, reason]).inc();
+    }
+
+    /// The hedge counter of `route` for `result`.
+    pub fn hedge_handle(&self, route: &str, result: &str) -> prometheus::IntCounter {
+        self.0.hedges.with_label_values(&[route, result])
     }
 
     /// Counts a retry refused by the budget.

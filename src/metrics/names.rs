@@ -11,6 +11,9 @@ pub const REQUEST_DURATION_SECONDS: &str = "backstop_request_duration_seconds";
 pub const UPSTREAM_DURATION_SECONDS: &str = "backstop_upstream_duration_seconds";
 /// Attempts sent to an upstream endpoint, by result.
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "backstop_upstream_attempts_total";
+/// Hedged attempts per route, by result (sent, won, budget_exhausted, slo_burning,
+/// no_endpoint).
+pub const HEDGES_TOTAL: &str = "backstop_hedges_total";
 /// Upstream answers an outcome rule judged, by rule and verdict.
 pub const OUTCOME_RULE_TOTAL: &str = "backstop_outcome_rule_total";
 /// Constant 1, labelled with the version.

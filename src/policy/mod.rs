@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod classify;
 pub mod health;
 pub mod idempotency;
+pub mod latency_window;
 pub mod outcome_rules;
 pub mod outlier;
 pub mod rate;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, IdempotencyStore, Route};
 use crate::dataplane::breaker_cell::BreakerCell;
+use crate::dataplane::hedge_cell::HedgeCell;
 use crate::dataplane::idempotency::local::LocalStore;
 use crate::dataplane::idempotency::redis::RedisStore;
 use crate::dataplane::idempotency::Store;
@@ -36,6 +37,8 @@ pub struct LiveRoute {
     pub burn: Option<super::burn_guard::BurnGuard>,
     /// Idempotency key records (`None` without `idempotency:`).
     pub idempotency: Option<Arc<Store>>,
+    /// Hedging budget and latency (`None` without `hedge:`).
+    pub hedge: Option<Arc<HedgeCell>>,
 }
 
 /// What a route's live parts are built from besides its own config.
@@ -110,6 +113,12 @@ impl LiveRoute {
                 Some(Arc::new(store))
             })
         });
+        let hedge = config.hedge.map(|wanted| {
+            kept(previous.and_then(|p| p.hedge.as_ref()), |h| {
+                h.config == wanted
+            })
+            .unwrap_or_else(|| Arc::new(HedgeCell::new(wanted, &config.name, cx.metrics)))
+        });
         Self {
             config: config.clone(),
             metrics: RouteMetrics::new(cx.metrics, &config.name, upstream),
@@ -122,6 +131,7 @@ impl LiveRoute {
                 .and_then(|p| p.when_burning)
                 .map(|rule| super::burn_guard::BurnGuard::new(rule, &config.name, cx.metrics)),
             idempotency,
+            hedge,
         }
     }
 }

@@ -214,6 +214,15 @@ pub async fn send(req: Request<Full<Bytes>>) -> Answer {
     }
 }
 
+/// POSTs `{}` to `url`, with an `idempotency-key` header when `key` is given.
+pub async fn post_keyed(url: &str, key: Option<&str>) -> Answer {
+    let mut req = Request::post(url);
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    send(req.body(Full::new(Bytes::from_static(b"{}"))).unwrap()).await
+}
+
 pub async fn get(url: String) -> Answer {
     send(Request::get(url).body(Full::default()).unwrap()).await
 }

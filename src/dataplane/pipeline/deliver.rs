@@ -18,13 +18,13 @@ use super::exchange::Exchange;
 use super::outcome::{Attempt, End, Flags, Why};
 use super::source::Source;
 use super::target;
-use super::{answer, judge, record, retry};
+use super::{answer, hedge, judge, record, retry};
 use crate::dataplane::activity::ListenerLoad;
 use crate::dataplane::body::ProxyBody;
 use crate::dataplane::pool::Via;
 use crate::dataplane::quota::Admit;
 use crate::dataplane::rescue::ProxyError;
-use crate::policy::classify::Call;
+use crate::policy::classify::{Call, CallResult};
 use crate::policy::retry::{self as rules, RequestKind};
 
 /// The attempts of one request so far, as the rules about payments need them.
@@ -136,6 +136,9 @@ async fn attempts(
     if let Some(guard) = &live.burn {
         guard.budget.deposit(ex.started);
     }
+    if let Some(hedge) = &live.hedge {
+        hedge.deposit(ex.started);
+    }
 
     // Stage 3, the deadline: every attempt and back-off fits in the route's timeout.
     let deadline = ex.deadline();
@@ -216,33 +219,73 @@ async fn attempts(
             return answer::refuse(ex, Some(upstream_index), ProxyError::BadRequest);
         };
 
-        // Stage 7, the attempt.
+        // Stage 7, the attempt: hedged when the route hedges and the request may go twice.
         let sent_at = Instant::now();
-        let mut sent = attempt::send(upstream, endpoint_index, request, per_try, Via::Pooled).await;
-        if sent.unread && source.can_replay() {
-            // The upstream closed a reused connection without reading the request: send it
-            // again on a new connection. Not a retry: the first copy never arrived.
-            let again = source
-                .body_for_attempt()
-                .and_then(|body| upstream_request(parts.clone(), body, upstream, endpoint_index));
-            if let Some(request) = again {
-                ex.outcome.attempted(Attempt {
-                    upstream: upstream_index,
-                    endpoint: endpoint_index,
-                    end: End::Unread,
-                    elapsed: sent.call.elapsed,
-                    why: why.take(),
-                    failover,
-                });
-                why = Some(Why::Resend);
-                let left = per_try.saturating_sub(sent_at.elapsed());
-                sent = attempt::send(upstream, endpoint_index, request, left, Via::Fresh).await;
+        let own = upstream_index == route.upstream;
+        let (target, sent) = match hedge::plan(ex, kind, &source, own, sent_at) {
+            Some(plan) => {
+                let hedger = hedge::Hedger {
+                    snapshot: &snapshot,
+                    route: route_index,
+                    parts: &parts,
+                    source: &mut source,
+                    deadline,
+                    per_try: policy.and_then(|p| p.per_try_timeout),
+                };
+                let first = (target, request, why.take());
+                let raced = hedge::race(ex, plan, first, per_try, hedger).await;
+                for lost in raced.failed {
+                    // Failed while another attempt ran: classified like any attempt.
+                    let call = lost.sent.call;
+                    let at = pin_of(&snapshot, &lost.target);
+                    drop(record::record(&snapshot, lost.target, call));
+                    trail.attempted(kind, call, at);
+                    trail.tried.push((at.upstream, at.endpoint));
+                }
+                why = raced.winner.why;
+                (raced.winner.target, raced.winner.sent)
             }
-        }
-        // Stage 7b: the partner's own rules say what its answer means.
-        let left = per_try.saturating_sub(sent_at.elapsed());
-        let decision = judge::judge(&snapshot.metrics, upstream, &mut sent, left).await;
-        ex.outcome.judged = decision.map(|d| (upstream_index, d));
+            None => {
+                let mut sent =
+                    attempt::send(upstream, endpoint_index, request, per_try, Via::Pooled).await;
+                if sent.unread && source.can_replay() {
+                    // The upstream closed a reused connection without reading the request:
+                    // send it again on a new connection. Not a retry: the first copy never
+                    // arrived.
+                    let again = source.body_for_attempt().and_then(|body| {
+                        upstream_request(parts.clone(), body, upstream, endpoint_index)
+                    });
+                    if let Some(request) = again {
+                        ex.outcome.attempted(Attempt {
+                            upstream: upstream_index,
+                            endpoint: endpoint_index,
+                            end: End::Unread,
+                            elapsed: sent.call.elapsed,
+                            why: why.take(),
+                            failover,
+                        });
+                        why = Some(Why::Resend);
+                        let left = per_try.saturating_sub(sent_at.elapsed());
+                        sent = attempt::send(upstream, endpoint_index, request, left, Via::Fresh)
+                            .await;
+                    }
+                }
+                // Stage 7b: the partner's own rules say what its answer means.
+                let left = per_try.saturating_sub(sent_at.elapsed());
+                judge::judge(&snapshot.metrics, upstream, &mut sent, left).await;
+                if let Some(cell) = live.hedge.as_ref().filter(|_| own) {
+                    // `after: p95` learns from unhedged attempts too (it must start somewhere).
+                    cell.observe(sent.call.elapsed, Instant::now());
+                }
+                (target, sent)
+            }
+        };
+        let endpoint_index = target.endpoint;
+        ex.outcome.endpoint = Some(endpoint_index);
+        ex.outcome.judged = match sent.call.result {
+            CallResult::Judged(_, decision) => Some((upstream_index, decision)),
+            _ => None,
+        };
         if let (Some(quota), Ok(response)) = (&upstream.quota, &sent.response) {
             quota.learn(response.status(), response.headers(), Instant::now());
         }
@@ -270,13 +313,8 @@ async fn attempts(
         }
 
         // Stage 8, outcome classification.
-        let priority = upstream.config.endpoints[endpoint_index].priority;
+        let at = pin_of(&snapshot, &target);
         drop(record::record(&snapshot, target, call));
-        let at = target::Pin {
-            upstream: upstream_index,
-            priority,
-            endpoint: endpoint_index,
-        };
         trail.attempted(kind, call, at);
 
         // Stage 9, the retry decision.
@@ -307,6 +345,16 @@ async fn attempts(
             Err(error) => answer::refuse(ex, Some(upstream_index), error),
         };
         return conclude(ex, kind, &trail, response, source, http1).await;
+    }
+}
+
+/// Where an attempt at `target` went, for the payment rules.
+fn pin_of(snapshot: &crate::runtime::Snapshot, target: &target::Target) -> target::Pin {
+    let upstream = &snapshot.upstreams[target.upstream];
+    target::Pin {
+        upstream: target.upstream,
+        priority: upstream.config.endpoints[target.endpoint].priority,
+        endpoint: target.endpoint,
     }
 }
 

@@ -157,7 +157,7 @@ fn safe(method: &Method) -> bool {
 fn sent(end: End) -> Sent {
     match end {
         End::None | End::ConnectFailure | End::Unread => Sent::Not,
-        End::Timeout | End::Reset | End::ClientFault => Sent::Maybe,
+        End::Timeout | End::Reset | End::ClientFault | End::Cancelled => Sent::Maybe,
         End::Status(s) => Sent::Answered(s),
     }
 }

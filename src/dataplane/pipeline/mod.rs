@@ -12,6 +12,7 @@
 //! | 5 | bulkhead | [`target`] | the upstream's concurrency limit has room |
 //! | 6 | endpoint choice | [`target`] | healthy, not ejected, not tried; failover upstreams |
 //! | 7 | attempt | [`attempt`] | one request on the pool, per-try timeout |
+//! | 7 | hedged attempt | [`hedge`] | a slow attempt gets another endpoint; first answer wins |
 //! | 7b | outcome rules | [`judge`] | what the partner's answer means (status, header, JSON) |
 //! | 8 | outcome classification | [`record`] | feeds load estimate, breaker, outlier detection |
 //! | 9 | retry decision | [`retry`] | safe, replayable, within budget and deadline |
@@ -34,6 +35,7 @@ pub mod answer;
 pub mod attempt;
 pub mod deliver;
 pub mod exchange;
+pub mod hedge;
 pub mod idempotency;
 pub mod judge;
 pub mod limit;

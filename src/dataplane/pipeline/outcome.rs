@@ -81,6 +81,8 @@ pub enum End {
     Reset,
     /// The client's body broke, stalled or the client left.
     ClientFault,
+    /// A hedged race was won by another attempt, and this one was cancelled.
+    Cancelled,
 }
 
 impl End {
@@ -105,6 +107,8 @@ pub enum Why {
     Retry(&'static str),
     /// Sent again on a fresh connection: the one before provably never reached the upstream.
     Resend,
+    /// A hedge: the attempt before had not answered in time (`routes[].hedge`).
+    Hedge,
 }
 
 /// Envoy-style response flags: what went wrong, in two letters each.
@@ -165,7 +169,7 @@ impl Flags {
             End::Timeout => Flags::TIMEOUT,
             End::Reset => Flags::RESET,
             End::ClientFault => Flags::CLIENT_BODY,
-            End::None | End::Status(_) | End::Unread => Flags::default(),
+            End::None | End::Status(_) | End::Unread | End::Cancelled => Flags::default(),
         }
     }
 
@@ -246,6 +250,7 @@ pub fn render_trail<'a>(
                 let _ = write!(out, "retry {reason}: ");
             }
             Some(Why::Resend) => out.push_str("resend: "),
+            Some(Why::Hedge) => out.push_str("hedge: "),
             None => {}
         }
         if let Some(reason) = attempt.failover {
@@ -262,6 +267,7 @@ pub fn render_trail<'a>(
             End::Timeout => out.push_str("timeout"),
             End::Reset => out.push_str("reset"),
             End::ClientFault => out.push_str("client_fault"),
+            End::Cancelled => out.push_str("cancelled"),
             End::None => {}
         }
         let _ = write!(out, " {:.1}ms", attempt.elapsed.as_secs_f64() * 1000.0);

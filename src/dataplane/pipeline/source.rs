@@ -54,8 +54,10 @@ impl Source {
         let (body, watch) = ClientBody::new(body, limits.client_body_timeout);
         let known = http_body::Body::size_hint(&body).exact();
         let small = known.is_some_and(|n| n <= settle::DRAIN_LIMIT as u64);
-        let replayable =
-            small || policy.is_some_and(|p| p.attempts > 1) || !route.failover.is_empty();
+        let replayable = small
+            || policy.is_some_and(|p| p.attempts > 1)
+            || !route.failover.is_empty()
+            || route.hedge.is_some();
         let mut reserved = None;
         let kind = if replayable && watch.ended() {
             Kind::Empty

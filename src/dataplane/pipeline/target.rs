@@ -114,6 +114,19 @@ pub fn choose(
     )
 }
 
+/// A target for a hedge: another endpoint of the route's own upstream than those `tried`
+/// (healthy, not ejected), past its breaker and bulkhead; `None` when there is none.
+pub fn another(
+    snapshot: &Snapshot,
+    route: usize,
+    tried: &[(usize, usize)],
+    now: Instant,
+) -> Option<Target> {
+    let u = snapshot.routes[route].config.upstream;
+    let endpoint = pick(&snapshot.upstreams[u], u, tried, &|_| true, now)?;
+    enter(snapshot, route, u, endpoint, now).ok()
+}
+
 /// Passes the breaker and the bulkhead of upstream `u` for an attempt at `endpoint`. The
 /// route-level breaker, if any, guards the route's own upstream; failover upstreams (never
 /// the route's own, by validation) use their upstream-level breaker.
