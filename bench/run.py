@@ -119,13 +119,22 @@ http {{
     return path
 
 
-def run_wrk(port, seconds, connections):
-    out = subprocess.run(["taskset", "-c", LOAD_CORE, which("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/bench"],
+def run_wrk(port, seconds, connections, script=None):
+    extra = ["-s", script, "--latency"] if script else []
+    out = subprocess.run(["taskset", "-c", LOAD_CORE, which("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s"] + extra + [f"http://127.0.0.1:{port}/bench"],
                          capture_output=True, text=True, timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, total, int(non2xx.group(1)) if non2xx else 0
+    latency = {}
+    for pct, value, unit in re.findall(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        latency[pct] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return rps, total, int(non2xx.group(1)) if non2xx else 0, latency
+
+
+def wrk_latency(latency):
+    """wrk's own closed-loop p50/p99 in ms (used when a --wrk-script replaces oha)."""
+    return latency.get("50", 0.0), latency.get("99", 0.0)
 
 
 def run_oha(port, seconds, rate, connections):
@@ -146,6 +155,10 @@ def main():
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=FILE",
                     help="an extra backstop target with this config template ({port}, {admin}, {backend} are filled in); repeatable")
     ap.add_argument("--only", default=None, help="comma-separated targets to run")
+    ap.add_argument("--wrk-script", default=None,
+                    help="a wrk Lua script for every target (e.g. bench/keyed-post.lua); p50/p99 then come from wrk's closed loop, not oha")
+    ap.add_argument("--json-backend", action="store_true",
+                    help='the backend answers {"code":"OK"} as application/json (for outcome rules)')
     args = ap.parse_args()
     ensure_tools()
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -155,8 +168,9 @@ def main():
     if any("{redis}" in open(v.split("=", 1)[1]).read() for v in args.variant):
         redis = start([which("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], LOAD_CORE)
         wait_port(redis_port)
+    answer = 'default_type application/json; return 200 \'{"code":"OK"}\';' if args.json_backend else 'return 200 "ok\\n";'
     backend = start([which("nginx"), "-c", nginx_conf(tmp, "backend", backend_port,
-                     f'server {{ listen 127.0.0.1:{backend_port} backlog=4096; location / {{ return 200 "ok\\n"; }} }}')], LOAD_CORE)
+                     f'server {{ listen 127.0.0.1:{backend_port} backlog=4096; location / {{ {answer} }} }}')], LOAD_CORE)
     wait_port(backend_port)
 
     targets = {}
@@ -214,11 +228,14 @@ routes:
                     wait_port(port)
                     time.sleep(0.3)
                     pid = worker_pid(proc.pid, name)
-                run_wrk(port, 2, args.connections)  # warm-up: pools, caches
+                run_wrk(port, 2, args.connections, args.wrk_script)  # warm-up: pools, caches
                 c0 = cpu_seconds(pid)
-                rps, total, errors = run_wrk(port, args.seconds, args.connections)
+                rps, total, errors, latency = run_wrk(port, args.seconds, args.connections, args.wrk_script)
                 c1 = cpu_seconds(pid)
-                p50, p99 = run_oha(port, args.seconds, args.rate, args.connections)
+                if args.wrk_script:
+                    p50, p99 = wrk_latency(latency)
+                else:
+                    p50, p99 = run_oha(port, args.seconds, args.rate, args.connections)
                 res = results[name]
                 res["rps"].append(rps)
                 res["cpu"].append((c1 - c0) * 1000 * 1000 / max(total, 1))
@@ -237,7 +254,10 @@ routes:
     med = {n: {k: statistics.median(v) for k, v in res.items() if k != "errors"} for n, res in results.items()}
     ref = med.get("nginx")
     print()
-    print(f"Medians of {args.rounds} interleaved rounds; closed loop wrk -t1 -c{args.connections} {args.seconds}s; open loop oha {args.rate} rps {args.seconds}s.")
+    if args.wrk_script:
+        print(f"Medians of {args.rounds} interleaved rounds; closed loop wrk -t1 -c{args.connections} {args.seconds}s -s {args.wrk_script}; p50/p99 from wrk's closed loop.")
+    else:
+        print(f"Medians of {args.rounds} interleaved rounds; closed loop wrk -t1 -c{args.connections} {args.seconds}s; open loop oha {args.rate} rps {args.seconds}s.")
     print("CPU is the proxy process's (for direct: the backend's) CPU per 1000 requests in the closed-loop run.")
     print()
     if "backstop" in med:
