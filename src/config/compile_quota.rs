@@ -14,8 +14,9 @@ use crate::policy::rate::{Rate, Scope};
 
 const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(200);
 const MAX_MAX_WAIT: Duration = Duration::from_secs(60);
-/// `burst` when the config does not say: one request at a time, evenly spaced at the rate.
-const DEFAULT_BURST: u32 = 1;
+/// `burst` when the config does not say: no extra requests at once, one at a time evenly
+/// spaced at the rate. As in route rate limits, `burst` counts requests beyond the first.
+const DEFAULT_BURST: u32 = 0;
 
 /// `quota:` of the upstream at `path` (`upstreams.<name>.quota`). `has_redis`: whether the
 /// file has a `redis:` section.
@@ -84,14 +85,7 @@ fn declared(
             ),
         );
     }
-    let burst = match &q.burst {
-        Some(b) if b.value == 0 => {
-            issues.at(&format!("{path}.burst"), b, "must be at least 1".into());
-            DEFAULT_BURST
-        }
-        Some(b) => b.value,
-        None => DEFAULT_BURST,
-    };
+    let burst = q.burst.as_ref().map_or(DEFAULT_BURST, |b| b.value);
     let scope = match q.scope.as_ref().map(|s| (s, s.value.trim())) {
         None | Some((_, "local")) => Scope::Local,
         Some((s, "global")) => {

@@ -174,7 +174,13 @@ impl QuotaCell {
             Some((redis, key)) => {
                 let rate = declared.rate;
                 redis
-                    .reserve(key, rate.rate.interval(), rate.burst, not_before, max_wait)
+                    .reserve(
+                        key,
+                        rate.rate.interval(),
+                        rate.burst.saturating_add(1),
+                        not_before,
+                        max_wait,
+                    )
                     .await
                     .map_err(|e| (redis, e))
             }
@@ -236,7 +242,8 @@ impl QuotaCell {
         let not_before = now.saturating_add(duration_nanos(not_before));
         let max_wait = duration_nanos(max_wait);
         let interval = declared.interval;
-        let tolerance = interval.saturating_mul(u64::from(declared.rate.burst.saturating_sub(1)));
+        // `burst` extra requests at once beyond the first, as in route rate limits.
+        let tolerance = interval.saturating_mul(u64::from(declared.rate.burst));
         let mut tat = declared.tat.load(Ordering::Acquire);
         loop {
             let start = tat.max(not_before);
@@ -392,7 +399,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reject_mode_sends_at_the_declared_rate_and_refuses_the_rest() {
-        let q = declared(false, 1);
+        let q = declared(false, 0);
         let now = Instant::now();
         let left = Duration::from_secs(10);
         assert_eq!(q.pace(now, left).await.admit, Admit::Now);
@@ -407,7 +414,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn queue_mode_reserves_slots_so_waiters_are_spread_at_the_rate() {
-        let q = declared(true, 1);
+        let q = declared(true, 0);
         let now = Instant::now();
         let left = Duration::from_secs(10);
         let mut admits = Vec::new();
@@ -431,7 +438,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn burst_slots_go_at_once() {
-        let q = declared(false, 3);
+        let q = declared(false, 2);
         let now = Instant::now();
         let left = Duration::from_secs(10);
         for _ in 0..3 {
@@ -442,7 +449,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_stays_within_the_deadline() {
-        let q = declared(true, 1);
+        let q = declared(true, 0);
         let now = Instant::now();
         let left = ms(120);
         assert_eq!(q.pace(now, left).await.admit, Admit::Now);
@@ -457,7 +464,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_declared_slot_comes_after_the_learned_pause() {
-        let q = declared(true, 1);
+        let q = declared(true, 0);
         let now = Instant::now();
         let left = Duration::from_secs(10);
         q.learn(
