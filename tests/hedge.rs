@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use support::{eventually, metrics, proxy, sample, Backend, Behaviour};
 
 /// A slow endpoint and a fast one behind one upstream, round robin, so that about every other
@@ -246,4 +247,84 @@ async fn validate_refuses_hedging_a_post_only_route_without_a_key() {
         "endpoints: [{ address: 127.0.0.1:9 }]\n    idempotency_key: { header: Idempotency-Key }",
     );
     backstop::config::load_str(&keyed).unwrap();
+}
+
+#[tokio::test]
+async fn hedges_stay_in_the_first_attempt_s_priority_group() {
+    // One slow primary endpoint and a fast backup group: a backup group is for when the
+    // primary is down, not for speed, and a keyed request stays where its key was seen.
+    let slow = Backend::start(Behaviour::Delay(Duration::from_millis(200))).await;
+    let backup = Backend::start(Behaviour::Echo).await;
+    let yaml = format!(
+        "upstreams:\n  pg:\n    endpoints:\n      - {{ address: \"{}\", priority: 0 }}\n      - {{ address: \"{}\", priority: 1 }}\nroutes:\n  - name: r\n    upstream: pg\n{HEDGE}",
+        slow.addr, backup.addr
+    );
+    let app = proxy(&yaml).await;
+    let answer = support::get(format!("http://{}/quote", app.proxy_addr())).await;
+    assert_eq!(answer.json()["backend"], slow.addr.to_string());
+    assert_eq!(backup.hits(), 0, "no hedge to the backup group");
+    let m = metrics(&app).await;
+    assert_eq!(counter(&m, "no_endpoint"), 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn a_quick_409_for_the_same_key_does_not_win_the_race() {
+    // The provider answers a concurrent duplicate of a key 409 at once; the first attempt,
+    // which is the one charging, must still give the answer.
+    let charging = Backend::start(Behaviour::Delay(Duration::from_millis(200))).await;
+    let duplicate = Backend::start(Behaviour::Status(409)).await;
+    let keyed = "    idempotency_key: { header: Idempotency-Key }\n";
+    let app = proxy(&config(&charging, &duplicate, keyed, HEDGE)).await;
+    let url = format!("http://{}/charge", app.proxy_addr());
+    let mut answered_409 = 0;
+    for i in 0..4 {
+        let answer = support::post_keyed(&url, Some(&format!("k-{i}"))).await;
+        if answer.status == 409 {
+            answered_409 += 1;
+        }
+    }
+    let m = metrics(&app).await;
+    let sent = counter(&m, "sent");
+    assert!(sent >= 1.0, "{m}");
+    assert_eq!(counter(&m, "won"), 0.0, "{m}");
+    // A 409 reaches the client only when the first attempt itself went to that endpoint
+    // (round robin), never from a hedge racing the charging attempt.
+    assert_eq!(answered_409 as f64, duplicate.hits() as f64 - sent, "{m}");
+    assert_eq!(charging.hits() + answered_409, 4);
+}
+
+#[tokio::test]
+async fn a_hedge_carries_the_whole_body_and_the_first_attempt_keeps_its_own() {
+    let (slow, fast) = pair().await;
+    slow.set(Behaviour::Delay(Duration::from_millis(200)));
+    let app = proxy(&config(&slow, &fast, "", HEDGE)).await;
+    let url = format!("http://{}/doc", app.proxy_addr());
+    let body = Bytes::from(vec![b'x'; 32 * 1024]);
+    for _ in 0..4 {
+        let req = http::Request::put(url.clone())
+            .body(http_body_util::Full::new(body.clone()))
+            .unwrap();
+        let answer = support::send(req).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.json()["body_len"], 32 * 1024, "{:?}", answer.json());
+    }
+    let m = metrics(&app).await;
+    assert!(counter(&m, "sent") >= 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn an_upstream_paced_to_a_partner_quota_is_not_hedged() {
+    let (slow, fast) = pair().await;
+    slow.set(Behaviour::Delay(Duration::from_millis(200)));
+    let quota = "    quota: { mode: queue, max_wait: 200ms }\n";
+    let app = proxy(&config(&slow, &fast, quota, HEDGE)).await;
+    let url = format!("http://{}/quote", app.proxy_addr());
+    for _ in 0..4 {
+        assert_eq!(support::get(url.clone()).await.status, 200);
+    }
+    assert_eq!(
+        slow.hits() + fast.hits(),
+        4,
+        "a hedge would spend the partner's quota"
+    );
 }

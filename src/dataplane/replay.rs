@@ -86,6 +86,24 @@ impl ReplayBody {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The whole body, when the client sent all of it and all of it was kept (without
+    /// trailers), as one buffer; a hedge sends this copy so that the attempt it races keeps
+    /// reading its own (a [`replay`](Self::replay) would supersede it).
+    pub fn whole(&self) -> Option<Bytes> {
+        let s = self.lock();
+        // A body of known length is whole once that many bytes are kept, even before anyone
+        // polled its end.
+        let complete = s.ended || s.hint.exact() == Some(s.len as u64);
+        if !complete || s.overflowed || s.failed || s.trailers.is_some() {
+            return None;
+        }
+        let mut whole = bytes::BytesMut::with_capacity(s.len);
+        for chunk in &s.chunks {
+            whole.extend_from_slice(chunk);
+        }
+        Some(whole.freeze())
+    }
+
     /// Whether another attempt can be sent with the whole body.
     pub fn can_replay(&self) -> bool {
         let s = self.lock();

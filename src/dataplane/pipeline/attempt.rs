@@ -125,7 +125,7 @@ pub async fn send(
 /// attempt timed out while waiting for the client's next bytes. Such an attempt feeds no
 /// policy: nothing in it is the upstream's doing.
 pub fn client_fault(watch: &BodyWatch, call: Call) -> Option<ProxyError> {
-    if matches!(call.result, CallResult::Status(_)) {
+    if call.result.status().is_some() {
         return None;
     }
     let fault = watch.fault().or_else(|| {

@@ -228,15 +228,21 @@ async fn attempts(
                     snapshot: &snapshot,
                     route: route_index,
                     parts: &parts,
-                    source: &mut source,
+                    source: &source,
+                    tried: &trail.tried,
+                    keyed: kind == RequestKind::KeyedNonIdempotent,
                     deadline,
                     per_try: policy.and_then(|p| p.per_try_timeout),
                 };
                 let first = (target, request, why.take());
                 let raced = hedge::race(ex, plan, first, per_try, hedger).await;
                 for lost in raced.failed {
-                    // Failed while another attempt ran: classified like any attempt.
+                    // Failed while another attempt ran: classified like any attempt, unless
+                    // the client's side failed it.
                     let call = lost.sent.call;
+                    if attempt::client_fault(&source.watch, call).is_some() {
+                        continue;
+                    }
                     let at = pin_of(&snapshot, &lost.target);
                     drop(record::record(&snapshot, lost.target, call));
                     trail.attempted(kind, call, at);
@@ -273,7 +279,8 @@ async fn attempts(
                 // Stage 7b: the partner's own rules say what its answer means.
                 let left = per_try.saturating_sub(sent_at.elapsed());
                 judge::judge(&snapshot.metrics, upstream, &mut sent, left).await;
-                if let Some(cell) = live.hedge.as_ref().filter(|_| own) {
+                let answered = sent.call.result.status().is_some();
+                if let Some(cell) = live.hedge.as_ref().filter(|_| own && answered) {
                     // `after: p95` learns from unhedged attempts too (it must start somewhere).
                     cell.observe(sent.call.elapsed, Instant::now());
                 }

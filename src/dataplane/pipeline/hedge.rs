@@ -53,6 +53,10 @@ pub fn plan(
     if !safe || !own_upstream || !source.replayable() {
         return None;
     }
+    // A hedge would spend the partner's own quota (`quota:`): such upstreams are not hedged.
+    if ex.snapshot.upstreams[live.config.upstream].quota.is_some() {
+        return None;
+    }
     let index = ex.outcome.route.unwrap_or_default();
     let burning = live
         .burn
@@ -106,8 +110,12 @@ pub struct Hedger<'a> {
     pub route: usize,
     /// The request head, cloned for each hedge.
     pub parts: &'a Parts,
-    /// The request body (replayable).
-    pub source: &'a mut Source,
+    /// The request body; a hedge gets its own copy of a body held whole.
+    pub source: &'a Source,
+    /// (upstream, endpoint) pairs this request already tried before this race.
+    pub tried: &'a [(usize, usize)],
+    /// Whether the request carries an idempotency key (a keyed non-idempotent request).
+    pub keyed: bool,
     /// The route's deadline.
     pub deadline: Instant,
     /// The per-try timeout of the route's retry policy, if any.
@@ -139,14 +147,15 @@ pub async fn race(
     } = plan;
     let (target, request, why) = first;
     let mut racers = vec![launch(snapshot, target, request, timeout, why)];
-    let mut tried: Vec<(usize, usize)> = racers
-        .iter()
-        .map(|r| (r.target.upstream, r.target.endpoint))
-        .collect();
+    // Hedges stay in the first attempt's priority group: a keyed request stays where its
+    // key was seen, and a backup group is not for speed.
+    let upstream = &snapshot.upstreams[racers[0].target.upstream];
+    let priority = upstream.config.endpoints[racers[0].target.endpoint].priority;
+    let mut tried: Vec<(usize, usize)> = hedger.tried.to_vec();
+    tried.push((racers[0].target.upstream, racers[0].target.endpoint));
     let mut failed = Vec::new();
     let mut hedges = 0;
     let mut timer: Option<Pin<Box<Sleep>>> = Some(Box::pin(tokio::time::sleep(delay)));
-    let mut hedger = hedger;
     let failure_set = FailureSet::default();
     loop {
         let event = std::future::poll_fn(|cx| {
@@ -169,8 +178,12 @@ pub async fn race(
                 cell.count_skipped(Skipped::SloBurning);
                 continue;
             }
-            match hedger.next(&tried, now).await {
-                Some((target, request)) if cell.withdraw(now) => {
+            if !cell.withdraw(now) {
+                cell.count_skipped(Skipped::BudgetExhausted);
+                continue;
+            }
+            match hedger.next(&tried, priority, now).await {
+                Some((target, request)) => {
                     tried.push((target.upstream, target.endpoint));
                     let left = hedger.attempt_timeout(now);
                     racers.push(launch(snapshot, target, request, left, Some(Why::Hedge)));
@@ -180,20 +193,29 @@ pub async fn race(
                         timer = Some(Box::pin(tokio::time::sleep(delay)));
                     }
                 }
-                Some(_) => cell.count_skipped(Skipped::BudgetExhausted),
                 None => cell.count_skipped(Skipped::NoEndpoint),
             }
             continue;
         };
         let racer = racers.remove(i);
-        cell.observe(sent.call.elapsed, now);
+        if sent.call.result.status().is_some() {
+            // Answers only: a fast connect failure says nothing about the route's latency.
+            cell.observe(sent.call.elapsed, now);
+        }
         let finished = Finished {
             target: racer.target,
             sent,
             why: racer.why,
         };
-        let failure = failure_set.is_failure(finished.sent.call.result);
-        if failure && !racers.is_empty() {
+        let result = finished.sent.call.result;
+        let failure = match &finished.target.permit {
+            Some(permit) => permit.failure_on().is_failure(result),
+            None => failure_set.is_failure(result),
+        };
+        // With a key, a quick 409/425/429 is most likely the provider seeing the same key
+        // while the other attempt still runs: not the answer while that one may still give it.
+        let duplicate = hedger.keyed && matches!(result.status(), Some(409 | 425 | 429));
+        if (failure || duplicate) && !racers.is_empty() {
             // Another attempt may still answer well: note this one and wait on. (A failure
             // with nothing else in flight is the answer: retrying it is the retry stage's job,
             // within its budget, not the hedge's.)
@@ -260,14 +282,15 @@ impl Hedger<'_> {
     /// A target and request for one more attempt at another endpoint of the route's own
     /// upstream, past its breaker and bulkhead; `None` when none can take it.
     async fn next(
-        &mut self,
+        &self,
         tried: &[(usize, usize)],
+        priority: u32,
         now: Instant,
     ) -> Option<(Target, Request<RequestBody>)> {
-        let target = target::another(self.snapshot, self.route, tried, now)?;
+        let body = self.source.body_for_hedge()?;
+        let target = target::another(self.snapshot, self.route, tried, priority, now)?;
         let target = target.claimed().await.ok()?;
         let upstream = &self.snapshot.upstreams[target.upstream];
-        let body = self.source.body_for_attempt()?;
         let request = upstream_request(self.parts.clone(), body, upstream, target.endpoint)?;
         Some((target, request))
     }

@@ -100,17 +100,75 @@ async fn peek(
     Ok(json)
 }
 
-/// Whether the body may be JSON of at most [`PEEK_LIMIT`] bytes: a JSON content type (or
-/// none) and no larger declared length.
+/// Whether the body may be JSON of at most [`PEEK_LIMIT`] bytes, worth reading whole: a JSON
+/// content type that is not a stream (NDJSON, `stream+json`, server-sent events), or none with
+/// a declared length; not compressed; no larger declared length. A stream or an unknown body
+/// without a length could hold the answer back until the attempt times out.
 fn worth_reading(headers: &HeaderMap) -> bool {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|t| t.to_ascii_lowercase().contains("json"));
-    let small = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .is_none_or(|n| n <= PEEK_LIMIT);
-    json && small
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+    };
+    let length = text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<usize>().ok());
+    let encoded =
+        text(header::CONTENT_ENCODING).is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    let json = match text(header::CONTENT_TYPE).map(str::to_ascii_lowercase) {
+        Some(t) => t.contains("json") && !t.contains("ndjson") && !t.contains("stream"),
+        None => length.is_some(),
+    };
+    json && !encoded && length.is_none_or(|n| n <= PEEK_LIMIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn only_small_plain_json_is_read() {
+        assert!(worth_reading(&headers(&[(
+            "content-type",
+            "application/json"
+        )])));
+        assert!(worth_reading(&headers(&[
+            ("content-type", "application/problem+json"),
+            ("content-length", "40")
+        ])));
+        assert!(
+            worth_reading(&headers(&[("content-length", "40")])),
+            "no type, known length"
+        );
+        assert!(
+            !worth_reading(&headers(&[])),
+            "no type, no length: may be a stream"
+        );
+        assert!(!worth_reading(&headers(&[(
+            "content-type",
+            "application/x-ndjson"
+        )])));
+        assert!(!worth_reading(&headers(&[(
+            "content-type",
+            "application/stream+json"
+        )])));
+        assert!(!worth_reading(&headers(&[
+            ("content-type", "text/html"),
+            ("content-length", "40")
+        ])));
+        assert!(!worth_reading(&headers(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip")
+        ])));
+        assert!(!worth_reading(&headers(&[
+            ("content-type", "application/json"),
+            ("content-length", "20000")
+        ])));
+    }
 }

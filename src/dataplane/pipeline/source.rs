@@ -121,6 +121,21 @@ impl Source {
         }
     }
 
+    /// A body for an attempt that runs beside another (a hedge): only a body the client sent
+    /// whole and backstop holds whole, as an independent copy; `None` otherwise (the body is
+    /// still streaming, too large to keep, or has trailers), and then there is no hedge.
+    pub fn body_for_hedge(&self) -> Option<RequestBody> {
+        let whole = match &self.kind {
+            Kind::Once(_) => return None,
+            Kind::Replay(body) => body.whole()?,
+            Kind::Empty => bytes::Bytes::new(),
+            Kind::Read(body) => body.clone(),
+        };
+        Some(RequestBody::Local {
+            body: http_body_util::Full::new(whole),
+        })
+    }
+
     /// Whether another attempt can get the whole body.
     pub fn can_replay(&self) -> bool {
         match &self.kind {

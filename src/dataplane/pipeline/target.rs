@@ -114,16 +114,20 @@ pub fn choose(
     )
 }
 
-/// A target for a hedge: another endpoint of the route's own upstream than those `tried`
-/// (healthy, not ejected), past its breaker and bulkhead; `None` when there is none.
+/// A target for a hedge: another endpoint of the route's own upstream than those `tried`, in
+/// priority group `priority` (healthy, not ejected), past its breaker and bulkhead; `None`
+/// when there is none.
 pub fn another(
     snapshot: &Snapshot,
     route: usize,
     tried: &[(usize, usize)],
+    priority: u32,
     now: Instant,
 ) -> Option<Target> {
     let u = snapshot.routes[route].config.upstream;
-    let endpoint = pick(&snapshot.upstreams[u], u, tried, &|_| true, now)?;
+    let upstream = &snapshot.upstreams[u];
+    let in_group = |e: usize| upstream.config.endpoints[e].priority == priority;
+    let endpoint = pick(upstream, u, tried, &in_group, now)?;
     enter(snapshot, route, u, endpoint, now).ok()
 }
 
