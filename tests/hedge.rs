@@ -57,7 +57,10 @@ async fn a_slow_attempt_is_hedged_to_the_other_endpoint_and_the_first_answer_win
     let sent = counter(&m, "sent");
     assert!(sent >= 1.0, "{m}");
     assert_eq!(slow.hits() as f64, sent, "{m}");
-    assert_eq!(counter(&m, "won"), sent, "{m}");
+    // (A first attempt at the fast endpoint slower than 30ms on a loaded machine gets a hedge
+    // to the slow one, which loses: won can be below sent, never above.)
+    let won = counter(&m, "won");
+    assert!(won >= 1.0 && won <= sent, "{m}");
     assert_eq!(fast.hits(), 6);
 }
 
@@ -172,13 +175,15 @@ async fn the_budget_caps_hedges_as_a_share_of_requests() {
 
 #[tokio::test]
 async fn a_failure_while_the_hedge_runs_does_not_end_the_race() {
-    // One endpoint answers 503 at once, the other 200 after 400ms. A request that starts at
-    // the slow one is hedged to the failing one after 30ms; that 503 is not the answer while
+    // One endpoint answers 503 at once, the other 200 after 800ms. A request that starts at
+    // the slow one is hedged to the failing one after 200ms; that 503 is not the answer while
     // the first attempt still runs. A request that starts at the failing one gets its 503
     // before `after`: that is the answer (retrying is the retry stage's job), no hedge.
     let failing = Backend::start(Behaviour::Status(503)).await;
-    let slow = Backend::start(Behaviour::Delay(Duration::from_millis(400))).await;
-    let app = proxy(&config(&failing, &slow, "", HEDGE)).await;
+    let slow = Backend::start(Behaviour::Delay(Duration::from_millis(800))).await;
+    // A wide `after`, so that the immediate 503 comes back before it even on a busy machine.
+    let hedge = "    hedge: { after: 200ms, max_extra: 1, budget: 100% }\n";
+    let app = proxy(&config(&failing, &slow, "", hedge)).await;
     let url = format!("http://{}/x", app.proxy_addr());
     let mut statuses = Vec::new();
     for _ in 0..2 {
