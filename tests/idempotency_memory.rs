@@ -3,12 +3,11 @@
 //! connection buffer it was read from. This test binary counts every allocation (its own
 //! global allocator), so it holds one test.
 
+#[path = "support/counting.rs"]
+mod counting;
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,31 +18,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use support::{post_keyed, proxy};
 use tokio::net::TcpListener;
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 /// 3000 payments with fresh keys, each answered `201 {"id":"p_…"}` as JSON: the bytes the
 /// process holds afterwards, per stored key, stay under 1 KiB (the README's bound). Each
@@ -65,14 +39,14 @@ async fn a_stored_response_costs_what_it_holds() {
         );
     }
     let keys = 3000;
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
     for i in 0..keys {
         assert_eq!(
             post_keyed(&url, Some(&format!("pay-{i}"))).await.status,
             201
         );
     }
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = counting::live();
     let per_key = (after - before) as f64 / f64::from(keys);
     println!("{per_key:.0} bytes held per stored key");
     assert_eq!(hits.load(Ordering::SeqCst), 500 + keys as usize);

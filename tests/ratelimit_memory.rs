@@ -2,37 +2,12 @@
 //!
 //! This test binary counts every allocation (its own global allocator), so it holds one test.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+#[path = "support/counting.rs"]
+mod counting;
 
 use backstop::dataplane::ratelimit::local::LocalLimiter;
 use backstop::policy::rate::{LimitKey, Rate, RateLimitConfig, Scope};
 use backstop::policy::Mode;
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 /// A million live 16-byte keys (merchant-0000000) under `max_keys: 1000000`: the bytes the
 /// limiter holds, divided by the keys, stay within the bound the reference config and README
@@ -50,7 +25,7 @@ fn a_million_keys_fit_in_the_documented_bound() {
         max_keys: 1_000_000,
     };
     let mut key = String::with_capacity(32);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
     let limiter = LocalLimiter::new(&config);
     for i in 0..1_000_000 {
         use std::fmt::Write;
@@ -58,7 +33,7 @@ fn a_million_keys_fit_in_the_documented_bound() {
         write!(key, "merchant-{i:07}").unwrap();
         assert!(limiter.check(&key).allowed);
     }
-    let held = LIVE.load(Ordering::Relaxed) - before;
+    let held = counting::live() - before;
     let per_key = held as f64 / 1e6;
     println!(
         "local rate limit state: {per_key:.1} bytes per 16-byte key, {held} bytes for 1M keys"
@@ -68,7 +43,7 @@ fn a_million_keys_fit_in_the_documented_bound() {
     assert!(per_key <= 80.0, "{per_key:.1} bytes per key");
     assert!(per_key >= 56.0, "the count saw the state: {per_key:.1}");
     drop(limiter);
-    let left = LIVE.load(Ordering::Relaxed) - before;
+    let left = counting::live() - before;
     assert!(
         left < 1 << 20,
         "dropping the limiter frees it: {left} bytes left"

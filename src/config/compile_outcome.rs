@@ -11,7 +11,9 @@ use serde_saphyr::Spanned;
 
 use super::raw::{RawFieldMatch, RawOutcomeRule};
 use super::validate::Issues;
-use crate::policy::outcome_rules::{JsonPath, Rule, Rules, StatusItem, Values, Verdict};
+use crate::policy::outcome_rules::{
+    scalar_text, JsonPath, Rule, Rules, StatusItem, Values, Verdict,
+};
 
 const VERDICTS: [&str; 3] = ["success", "failure", "client_error"];
 
@@ -169,8 +171,8 @@ fn values(
     }
     let mut out = Vec::with_capacity(list.len());
     for (i, v) in list.iter().enumerate() {
-        match scalar(v) {
-            Some(text) => out.push(text),
+        match scalar_text(v) {
+            Some(text) => out.push(text.trim().to_owned()),
             None => issues.at(
                 &format!("{path}.in[{i}]"),
                 raw,
@@ -181,16 +183,6 @@ fn values(
     Some(out)
 }
 
-fn scalar(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.trim().to_owned()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        serde_json::Value::Null => Some("null".into()),
-        _ => None,
-    }
-}
-
 fn statuses(issues: &mut Issues, path: &str, raw: &Spanned<serde_json::Value>) -> Vec<StatusItem> {
     let items: Vec<&serde_json::Value> = match &raw.value {
         serde_json::Value::Array(list) => list.iter().collect(),
@@ -198,7 +190,7 @@ fn statuses(issues: &mut Issues, path: &str, raw: &Spanned<serde_json::Value>) -
     };
     let mut out = Vec::new();
     for item in items {
-        match scalar(item).as_deref().and_then(StatusItem::parse) {
+        match scalar_text(item).as_deref().and_then(StatusItem::parse) {
             Some(s) => out.push(s),
             None => issues.at(
                 path,

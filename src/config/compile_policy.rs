@@ -598,6 +598,47 @@ pub(crate) fn health_check(
 }
 
 /// `rate_limit:` on a route.
+/// A request rate `N/s`, `N/m` or `N/h` (route rate limits, declared egress rates).
+pub(crate) fn request_rate(
+    issues: &mut Issues,
+    path: &str,
+    text: &Spanned<String>,
+) -> Option<Rate> {
+    let rate = Rate::parse(&text.value);
+    if rate.is_none() {
+        let message = format!(
+            "invalid rate {:?}: expected N/s, N/m or N/h with N > 0, e.g. 100/s",
+            text.value
+        );
+        issues.at(path, text, message);
+    }
+    rate
+}
+
+/// Where a rate is counted: `local` (default) or `global`, which needs a `redis:` section.
+pub(crate) fn scope(
+    issues: &mut Issues,
+    path: &str,
+    raw: Option<&Spanned<String>>,
+    has_redis: bool,
+) -> Scope {
+    match raw.map(|s| (s, s.value.trim())) {
+        None | Some((_, "local")) => Scope::Local,
+        Some((s, "global")) => {
+            if !has_redis {
+                let message = "scope global needs a top-level redis: section".into();
+                issues.at(path, s, message);
+            }
+            Scope::Global
+        }
+        Some((s, other)) => {
+            let message = format!("unknown scope {other:?}: expected local or global");
+            issues.unknown(path, s, other, message, &["local", "global"]);
+            Scope::Local
+        }
+    }
+}
+
 pub(crate) fn rate_limit(
     issues: &mut Issues,
     path: &str,
@@ -606,17 +647,7 @@ pub(crate) fn rate_limit(
 ) -> Option<RateLimitConfig> {
     let r = &raw.value;
     let mode = mode(issues, &format!("{path}.mode"), r.mode.as_ref());
-    let rate = Rate::parse(&r.rate.value);
-    if rate.is_none() {
-        issues.at(
-            &format!("{path}.rate"),
-            &r.rate,
-            format!(
-                "invalid rate {:?}: expected N/s, N/m or N/h with N > 0, e.g. 100/s",
-                r.rate.value
-            ),
-        );
-    }
+    let rate = request_rate(issues, &format!("{path}.rate"), &r.rate);
     let burst = r.burst.as_ref().map_or(0, |b| b.value);
     let key = match r.key.as_ref().map(|k| (k, k.value.trim())) {
         None | Some((_, "route")) => LimitKey::Route,
@@ -640,30 +671,12 @@ pub(crate) fn rate_limit(
             }
         },
     };
-    let scope = match r.scope.as_ref().map(|s| (s, s.value.trim())) {
-        None | Some((_, "local")) => Scope::Local,
-        Some((s, "global")) => {
-            if !has_redis {
-                issues.at(
-                    &format!("{path}.scope"),
-                    s,
-                    "scope global needs a top-level redis: section".into(),
-                );
-            }
-            Scope::Global
-        }
-        Some((s, other)) => {
-            let message = format!("unknown scope {other:?}: expected local or global");
-            issues.unknown(
-                &format!("{path}.scope"),
-                s,
-                other,
-                message,
-                &["local", "global"],
-            );
-            Scope::Local
-        }
-    };
+    let scope = scope(
+        issues,
+        &format!("{path}.scope"),
+        r.scope.as_ref(),
+        has_redis,
+    );
     let reject_missing_key = match r.on_missing_key.as_ref().map(|s| (s, s.value.trim())) {
         None | Some((_, "reject")) => true,
         Some((_, "shared")) => false,

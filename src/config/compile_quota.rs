@@ -10,7 +10,6 @@ use serde_saphyr::Spanned;
 use super::model::{DeclaredRate, QuotaConfig};
 use super::raw::RawQuota;
 use super::validate::{duration_or, Issues};
-use crate::policy::rate::{Rate, Scope};
 
 const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(200);
 const MAX_MAX_WAIT: Duration = Duration::from_secs(60);
@@ -65,7 +64,8 @@ fn declared(
 ) -> Option<DeclaredRate> {
     let Some(text) = &q.rate else {
         if let Some(b) = &q.burst {
-            let message = "burst needs rate: it is the bucket of a declared rate".into();
+            let message =
+                "burst needs rate: it is the extra requests at once of a declared rate".into();
             issues.at(&format!("{path}.burst"), b, message);
         }
         if let Some(s) = &q.scope {
@@ -74,42 +74,14 @@ fn declared(
         }
         return None;
     };
-    let rate = Rate::parse(&text.value);
-    if rate.is_none() {
-        issues.at(
-            &format!("{path}.rate"),
-            text,
-            format!(
-                "invalid rate {:?}: expected N/s, N/m or N/h with N > 0, e.g. 300/s",
-                text.value
-            ),
-        );
-    }
+    let rate = super::compile_policy::request_rate(issues, &format!("{path}.rate"), text);
     let burst = q.burst.as_ref().map_or(DEFAULT_BURST, |b| b.value);
-    let scope = match q.scope.as_ref().map(|s| (s, s.value.trim())) {
-        None | Some((_, "local")) => Scope::Local,
-        Some((s, "global")) => {
-            if !has_redis {
-                issues.at(
-                    &format!("{path}.scope"),
-                    s,
-                    "scope global needs a top-level redis: section".into(),
-                );
-            }
-            Scope::Global
-        }
-        Some((s, other)) => {
-            let message = format!("unknown scope {other:?}: expected local or global");
-            issues.unknown(
-                &format!("{path}.scope"),
-                s,
-                other,
-                message,
-                &["local", "global"],
-            );
-            Scope::Local
-        }
-    };
+    let scope = super::compile_policy::scope(
+        issues,
+        &format!("{path}.scope"),
+        q.scope.as_ref(),
+        has_redis,
+    );
     Some(DeclaredRate {
         rate: rate?,
         burst,

@@ -80,3 +80,52 @@ impl Body for ProxyBody {
         }
     }
 }
+
+/// How [`read_prefix`] ended.
+#[derive(Debug)]
+pub enum Prefix {
+    /// The whole body, at most the limit.
+    Whole(Bytes),
+    /// Longer than the limit: the same body, the bytes read so far first.
+    Longer(ProxyBody),
+}
+
+/// Why [`read_prefix`] got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefixError {
+    /// The body broke.
+    Broken,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// Reads `body` whole if it is at most `limit` bytes, by `deadline`; a longer body is handed
+/// back intact to stream on. Non-data frames (trailers) are dropped. Used where backstop must
+/// see a small answer whole (outcome rules, the idempotency store).
+pub async fn read_prefix(
+    body: ProxyBody,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Prefix, PrefixError> {
+    use http_body_util::BodyExt;
+    let mut body = Box::pin(body);
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => return Ok(Prefix::Whole(buf.freeze())),
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(_))) => return Err(PrefixError::Broken),
+            Err(_) => return Err(PrefixError::TimedOut),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() > limit {
+            return Ok(Prefix::Longer(ProxyBody::Prefixed {
+                prefix: Some(buf.freeze()),
+                rest: body,
+            }));
+        }
+    }
+}

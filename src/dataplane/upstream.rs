@@ -71,6 +71,9 @@ pub struct LiveUpstream {
     pub adaptive: Option<Arc<AdaptiveCell>>,
     /// The partner's quota as it says it (`quota`).
     pub quota: Option<Arc<super::quota::QuotaCell>>,
+    /// `backstop_outcome_rule_total` of each outcome rule, in rule order (empty without
+    /// `outcome:`).
+    pub outcome_counters: Vec<prometheus::IntCounter>,
 }
 
 impl LiveUpstream {
@@ -175,6 +178,12 @@ impl LiveUpstream {
                 crate::runtime::live_route::kept(before, |a| a.config() == *wanted)
                     .unwrap_or_else(|| AdaptiveCell::new(wanted.clone(), &config.name, metrics))
             }),
+            outcome_counters: config
+                .outcome
+                .iter()
+                .flat_map(|rules| &rules.rules)
+                .map(|r| metrics.outcome_rule_handle(&config.name, &r.name, r.verdict.as_str()))
+                .collect(),
         })
     }
 }

@@ -638,12 +638,16 @@ impl Metrics {
             .with_label_values(&[upstream, endpoint, result.as_str()])
     }
 
-    /// Counts an answer from `upstream` that outcome rule `rule` judged `outcome`.
-    pub fn outcome_rule(&self, upstream: &str, rule: &str, outcome: &str) {
+    /// The counter of answers from `upstream` that outcome rule `rule` judged `outcome`.
+    pub fn outcome_rule_handle(
+        &self,
+        upstream: &str,
+        rule: &str,
+        outcome: &str,
+    ) -> prometheus::IntCounter {
         self.0
             .outcome_rules
             .with_label_values(&[upstream, rule, outcome])
-            .inc();
     }
 
     /// The gauge of requests being served.

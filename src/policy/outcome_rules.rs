@@ -173,8 +173,9 @@ fn accepts(values: &Values, actual: &str) -> bool {
 }
 
 /// A JSON scalar as the text a rule compares (`"PG_TIMEOUT"` -> `PG_TIMEOUT`, `42` -> `42`,
-/// `true` -> `true`); objects and arrays only satisfy "present".
-fn scalar_text(value: &serde_json::Value) -> Option<String> {
+/// `true` -> `true`); objects and arrays only satisfy "present". The config's `in:` values
+/// and statuses are read the same way.
+pub fn scalar_text(value: &serde_json::Value) -> Option<String> {
     match value {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),

@@ -278,7 +278,7 @@ async fn attempts(
                 }
                 // Stage 7b: the partner's own rules say what its answer means.
                 let left = per_try.saturating_sub(sent_at.elapsed());
-                judge::judge(&snapshot.metrics, upstream, &mut sent, left).await;
+                judge::judge(upstream, &mut sent, left).await;
                 let answered = sent.call.result.status().is_some();
                 if let Some(cell) = live.hedge.as_ref().filter(|_| own && answered) {
                     // `after: p95` learns from unhedged attempts too (it must start somewhere).

@@ -262,12 +262,11 @@ fn launch<'a>(
 ) -> Racer<'a> {
     let upstream = &snapshot.upstreams[target.upstream];
     let endpoint = target.endpoint;
-    let metrics = &snapshot.metrics;
     let running: Racing<'a> = Box::pin(async move {
         let started = Instant::now();
         let mut sent = attempt::send(upstream, endpoint, request, timeout, Via::Pooled).await;
         let left = timeout.saturating_sub(started.elapsed());
-        judge::judge(metrics, upstream, &mut sent, left).await;
+        judge::judge(upstream, &mut sent, left).await;
         sent
     });
     Racer {

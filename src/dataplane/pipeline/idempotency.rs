@@ -36,7 +36,7 @@ use super::outcome::{End, TRAIL_LEN};
 use super::source::Source;
 use crate::config::{FingerprintParts, Idempotency};
 use crate::dataplane::activity::ListenerLoad;
-use crate::dataplane::body::ProxyBody;
+use crate::dataplane::body::{read_prefix, Prefix, ProxyBody};
 use crate::dataplane::client_body::{BodyFault, ClientBody};
 use crate::dataplane::idempotency::{
     Claim, Entry, Fingerprint, Store, StoredResponse, Ticket, STORED_HEADERS,
@@ -311,28 +311,11 @@ async fn store_response(
 ) -> Response<ProxyBody> {
     let metrics = ex.snapshot.metrics.clone();
     let (head, body) = response.into_parts();
-    let mut body = Box::pin(body);
     let status = head.status.as_u16();
     let fingerprint = pending.fingerprint;
-    let mut buf = BytesMut::new();
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(None) => break,
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(_))) | Err(_) => {
-                // The upstream acted (it answered) but its response broke or stalled.
-                pending.finish(Entry::Unknown { fingerprint }).await;
-                metrics.idempotency(route, "unknown");
-                let upstream = ex.outcome.upstream.unwrap_or(ex.route().config.upstream);
-                let mut response = answer::refuse(ex, Some(upstream), ProxyError::UpstreamError);
-                answer::mark_unknown(ex, upstream, &mut response);
-                return response;
-            }
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if buf.len() + data.len() > config.max_response_bytes {
+    let body = match read_prefix(body, config.max_response_bytes, deadline).await {
+        Ok(Prefix::Whole(body)) => body,
+        Ok(Prefix::Longer(body)) => {
             // Too large to keep: the client gets it all, a repeat gets 409.
             pending
                 .finish(Entry::NotStored {
@@ -341,16 +324,18 @@ async fn store_response(
                 })
                 .await;
             metrics.idempotency(route, "not_stored");
-            buf.extend_from_slice(&data);
-            let body = ProxyBody::Prefixed {
-                prefix: Some(buf.freeze()),
-                rest: body,
-            };
             return Response::from_parts(head, body);
         }
-        buf.extend_from_slice(&data);
-    }
-    let body = buf.freeze();
+        Err(_) => {
+            // The upstream acted (it answered) but its response broke or stalled.
+            pending.finish(Entry::Unknown { fingerprint }).await;
+            metrics.idempotency(route, "unknown");
+            let upstream = ex.outcome.upstream.unwrap_or(ex.route().config.upstream);
+            let mut response = answer::refuse(ex, Some(upstream), ProxyError::UpstreamError);
+            answer::mark_unknown(ex, upstream, &mut response);
+            return response;
+        }
+    };
     let headers = head
         .headers
         .iter()

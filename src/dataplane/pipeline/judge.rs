@@ -11,27 +11,20 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, HeaderMap, Response};
-use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::attempt::Sent;
-use crate::dataplane::body::ProxyBody;
+use crate::dataplane::body::{read_prefix, Prefix, PrefixError, ProxyBody};
 use crate::dataplane::rescue::ProxyError;
 use crate::dataplane::upstream::LiveUpstream;
-use crate::metrics::Metrics;
 use crate::policy::classify::CallResult;
 use crate::policy::outcome_rules::{Decision, HeadJudgement, PEEK_LIMIT};
 
 /// Applies the upstream's rules to `sent`; returns the deciding rule, if one matched. `left`
 /// bounds the body read (the rest of the attempt's time).
-pub async fn judge(
-    metrics: &Metrics,
-    upstream: &LiveUpstream,
-    sent: &mut Sent,
-    left: Duration,
-) -> Option<Decision> {
+pub async fn judge(upstream: &LiveUpstream, sent: &mut Sent, left: Duration) -> Option<Decision> {
     let rules = upstream.config.outcome.as_ref()?;
     let response = sent.response.as_mut().ok()?;
     let status = response.status().as_u16();
@@ -56,8 +49,9 @@ pub async fn judge(
         }
     }?;
     sent.call.result = CallResult::Judged(status, decision);
-    let rule = &rules.rules[decision.rule];
-    metrics.outcome_rule(&upstream.name, &rule.name, decision.verdict.as_str());
+    if let Some(counter) = upstream.outcome_counters.get(decision.rule) {
+        counter.inc();
+    }
     Some(decision)
 }
 
@@ -71,33 +65,20 @@ async fn peek(
         return Ok(None);
     }
     let body = std::mem::replace(response.body_mut(), ProxyBody::local(Bytes::new()));
-    let mut body = Box::pin(body);
-    let deadline = Instant::now() + left;
-    let mut buf = BytesMut::new();
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(None) => break,
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(_))) => return Err(ProxyError::UpstreamError),
-            Err(_) => return Err(ProxyError::Timeout),
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        if buf.len() > PEEK_LIMIT {
-            // Too large to judge: hand it on as it came, the bytes read first.
-            *response.body_mut() = ProxyBody::Prefixed {
-                prefix: Some(buf.freeze()),
-                rest: body,
-            };
-            return Ok(None);
+    match read_prefix(body, PEEK_LIMIT, Instant::now() + left).await {
+        Ok(Prefix::Whole(bytes)) => {
+            let json = serde_json::from_slice(&bytes).ok();
+            *response.body_mut() = ProxyBody::local(bytes);
+            Ok(json)
         }
+        Ok(Prefix::Longer(body)) => {
+            // Too large to judge: hand it on as it came.
+            *response.body_mut() = body;
+            Ok(None)
+        }
+        Err(PrefixError::Broken) => Err(ProxyError::UpstreamError),
+        Err(PrefixError::TimedOut) => Err(ProxyError::Timeout),
     }
-    let bytes = buf.freeze();
-    let json = serde_json::from_slice(&bytes).ok();
-    *response.body_mut() = ProxyBody::local(bytes);
-    Ok(json)
 }
 
 /// Whether the body may be JSON of at most [`PEEK_LIMIT`] bytes, worth reading whole: a JSON
